@@ -1,0 +1,60 @@
+"""The abstract-value protocol shared by every domain, and the helpers all domains use.
+
+A cell program (``rnnguard.cells``) is written once against this protocol: affine maps, sums,
+splitting gates, the nonlinear operations of :data:`rnnguard.relaxations.RELAXATIONS`, masking
+for variable lengths and bounding a final linear specification.  Values are immutable; every
+operation returns a new value.  The leading dimension is the batch of regions.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, TypeVar
+
+import torch
+from torch import Tensor
+
+V = TypeVar("V", bound="AbstractValue")
+
+
+class AbstractValue(Protocol):
+    """What a cell program may do with a value of shape ``(R, n)``."""
+
+    def bounds(self) -> tuple[Tensor, Tensor]: ...
+
+    def affine(self: V, weight: Tensor, bias: Tensor | None = None) -> V: ...
+
+    def __add__(self: V, other: V) -> V: ...
+
+    def __neg__(self: V) -> V: ...
+
+    def chunk(self: V, parts: int) -> Sequence[V]: ...
+
+    def apply(self: V, op: str, *others: V) -> V: ...
+
+    def where(self: V, keep_self: Tensor, other: V) -> V: ...
+
+    def margin_lower(self, weight: Tensor, bias: Tensor) -> Tensor: ...
+
+
+def linear(x: Tensor, weight: Tensor) -> Tensor:
+    """``x @ weight.T`` over the last dim; ``weight`` is ``(m, n)`` or per-region ``(R, m, n)``.
+
+    ``x`` is ``(R, n)`` or ``(R, G, n)`` (generator blocks)."""
+    if weight.dim() == 2:
+        return x @ weight.T
+    if x.dim() == 2:
+        return torch.einsum("rn,rmn->rm", x, weight)
+    return torch.einsum("rgn,rmn->rgm", x, weight)
+
+
+def add_bias(x: Tensor, bias: Tensor | None) -> Tensor:
+    return x if bias is None else x + bias
+
+
+def concretization_slack(center_abs: Tensor, radius: Tensor) -> Tensor:
+    """Outward rounding of concretised bounds: a few ulps of the magnitudes involved.
+
+    It covers the rounding of the floating-point affine arithmetic that produced the value, so
+    that relaxations computed on these bounds stay valid for the exact values."""
+    eps = torch.finfo(radius.dtype).eps
+    return 64 * eps * (center_abs + radius) + torch.finfo(radius.dtype).tiny

@@ -1,0 +1,315 @@
+"""Sound relaxations of the nonlinear operations that RNN, LSTM and GRU cells need.
+
+Every operation gets
+
+* an exact output interval (``interval``), and
+* Cert-RNN-style parallel planes (``planes``): chord slopes for ``tanh``/``sigmoid``/``relu``,
+  corner-fit slopes for the two-input products, and offsets equal to the EXACT minimum and maximum
+  of ``f - slopes . x`` over the box.  Those extrema are found by evaluating a candidate set that
+  provably contains them (corners, edge stationary points, interior stationary points from a
+  quartic), so the planes are sound for any slope and never depend on sampling.
+
+Numerics: all candidate searches run in float64 whatever the caller's dtype; results are rounded
+outward to the caller's dtype (lower bounds down, upper bounds up) after a relative slack of a
+few float64 ulps that covers rounding in the evaluation of ``f`` and of the stationary points.
+Candidate points are detached: by the envelope theorem the gradient of an extremum with respect
+to the bounds and slopes is the partial derivative at the extreme point, which is what autograd
+then computes (needed by certified training).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from rnnguard.relaxations.base import Planes
+
+WORK = torch.float64
+_EPS64 = torch.finfo(WORK).eps
+# relative slack (in float64 ulps of the magnitudes involved) added before outward rounding
+SLACK_ULPS = 64.0
+# widths below this use the derivative at the midpoint instead of the chord slope
+_NARROW = 1e-7
+
+
+# ----------------------------------------------------------------------------- numerics helpers
+def _outward(lo64: Tensor, hi64: Tensor, scale: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Widen ``[lo64, hi64]`` by a slack proportional to ``scale`` and round outward to ``dtype``."""
+    slack = SLACK_ULPS * _EPS64 * scale + torch.finfo(WORK).tiny
+    lo64, hi64 = lo64 - slack, hi64 + slack
+    if dtype == WORK:
+        return lo64, hi64
+    lo, hi = lo64.to(dtype), hi64.to(dtype)
+    inf = torch.tensor(float("inf"), dtype=dtype, device=lo.device)
+    lo_fix = torch.where(lo.detach().to(WORK) > lo64.detach(), torch.nextafter(lo.detach(), -inf), lo.detach())
+    hi_fix = torch.where(hi.detach().to(WORK) < hi64.detach(), torch.nextafter(hi.detach(), inf), hi.detach())
+    return lo + (lo_fix - lo.detach()), hi + (hi_fix - hi.detach())
+
+
+def _rounded(slope64: Tensor, dtype: torch.dtype) -> Tensor:
+    """The slope actually representable in ``dtype``, back in float64 (offsets are computed for it)."""
+    return slope64.to(dtype).to(WORK)
+
+
+def _divided_difference(f: Callable[[Tensor], Tensor], df: Callable[[Tensor], Tensor], lo: Tensor, hi: Tensor) -> Tensor:
+    """Chord slope ``(f(hi)-f(lo))/(hi-lo)``; the derivative at the midpoint on (near-)degenerate intervals."""
+    width = hi - lo
+    narrow = width < _NARROW
+    chord = (f(hi) - f(lo)) / torch.where(narrow, torch.ones_like(width), width)
+    return torch.where(narrow, df((lo + hi) / 2), chord)
+
+
+def _pick(cands: list[Tensor], fallback: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Stack candidate points, replace NaNs by ``fallback`` and clamp them into ``[lo, hi]``.
+
+    Clamping never hurts soundness: every clamped candidate is a point of the box, and the true
+    extreme point is among the unclamped candidates."""
+    x = torch.stack([c.detach() if c is not lo and c is not hi else c for c in cands], dim=-1)
+    x = torch.where(torch.isnan(x), fallback.unsqueeze(-1).expand_as(x), x)
+    return torch.minimum(torch.maximum(x, lo.unsqueeze(-1)), hi.unsqueeze(-1))
+
+
+def _sigmoid_prime(x: Tensor) -> Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 - s)
+
+
+def _tanh_prime(x: Tensor) -> Tensor:
+    return 1 - torch.tanh(x) ** 2
+
+
+def _logit(s: Tensor) -> Tensor:
+    return torch.log(s) - torch.log1p(-s)
+
+
+def _tanh_stationary(k: Tensor) -> list[Tensor]:
+    """Points where tanh'(x) = k (NaN where there are none)."""
+    ok = (k > 0) & (k <= 1)
+    kk = torch.where(ok, k, torch.ones_like(k))
+    # atanh(t) with t^2 = 1-k, written without cancellation: log1p(t) - log(1-t^2)/2
+    x = torch.log1p(torch.sqrt(1 - kk)) - 0.5 * torch.log(kk)
+    x = torch.where(ok, x, torch.full_like(k, float("nan")))
+    return [x, -x]
+
+
+def _sigmoid_stationary(k: Tensor) -> list[Tensor]:
+    """Points where sigmoid'(x) = k, i.e. sigmoid(x) = (1 +- sqrt(1-4k))/2 (NaN where none)."""
+    return _sigmoid_prime_inverse(k)
+
+
+def _sigmoid_prime_inverse(q: Tensor) -> list[Tensor]:
+    """Both solutions of sigma'(x) = q, as 2 atanh(r), r^2 = 1-4q, written without cancellation."""
+    ok = (q > 0) & (q <= 0.25)
+    qq = torch.where(ok, q, torch.full_like(q, 0.25))
+    x = 2 * torch.log1p(torch.sqrt(1 - 4 * qq)) - torch.log(4 * qq)
+    x = torch.where(ok, x, torch.full_like(q, float("nan")))
+    return [x, -x]
+
+
+def _tanh_prime_inverse(q: Tensor) -> Tensor:
+    """The non-negative solution of tanh'(y) = q, NaN where there is none (q <= 0 or q > 1)."""
+    return _tanh_stationary(q)[0]
+
+
+def _relu_kinks(k: Tensor) -> list[Tensor]:
+    return [torch.zeros_like(k)]
+
+
+# ----------------------------------------------------------------------------- one-input ops
+def _monotone_interval(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    def interval(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = f(lo.to(WORK)), f(hi.to(WORK))
+        return _outward(a, b, torch.maximum(a.abs(), b.abs()), lo.dtype)
+
+    return interval
+
+
+def _unary_planes(
+    f: Callable[[Tensor], Tensor],
+    df: Callable[[Tensor], Tensor],
+    critical: Callable[[Tensor], list[Tensor]],
+) -> Callable[[Tensor, Tensor], Planes]:
+    def planes(lo: Tensor, hi: Tensor) -> Planes:
+        dtype = lo.dtype
+        l, u = lo.to(WORK), hi.to(WORK)
+        k = _rounded(_divided_difference(f, df, l, u), dtype)
+        x = _pick([l, u, *critical(k.detach())], l, l, u)
+        fx, kx = f(x), k.unsqueeze(-1) * x
+        g = fx - kx
+        low, high = _outward(g.amin(-1), g.amax(-1), (fx.abs() + kx.abs()).amax(-1), dtype)
+        return Planes((k.to(dtype),), low, high)
+
+    return planes
+
+
+tanh_interval = _monotone_interval(torch.tanh)
+sigmoid_interval = _monotone_interval(torch.sigmoid)
+relu_interval = _monotone_interval(torch.relu)
+tanh_planes = _unary_planes(torch.tanh, _tanh_prime, _tanh_stationary)
+sigmoid_planes = _unary_planes(torch.sigmoid, _sigmoid_prime, _sigmoid_stationary)
+relu_planes = _unary_planes(torch.relu, lambda x: (x > 0).to(x.dtype), _relu_kinks)
+
+
+# ----------------------------------------------------------------------------- two-input ops
+def sigmoid_tanh(x: Tensor, y: Tensor) -> Tensor:
+    """sigma(x) * tanh(y): LSTM's i*g and o*tanh(c), GRU's (1-z)*n = sigma(-a_z)*tanh(pre_n)."""
+    return torch.sigmoid(x) * torch.tanh(y)
+
+
+def mul_sigmoid(x: Tensor, y: Tensor) -> Tensor:
+    """x * sigma(y): LSTM's f*c_prev, GRU's r*(W_hn h + b_hn) and z*h_prev."""
+    return x * torch.sigmoid(y)
+
+
+def mul(x: Tensor, y: Tensor) -> Tensor:
+    """Plain product x * y."""
+    return x * y
+
+
+def _corner_interval(f: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., tuple[Tensor, Tensor]]:
+    """Exact range of a function whose extrema over a box lie at its corners."""
+
+    def interval(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> tuple[Tensor, Tensor]:
+        dtype = lx.dtype
+        lx, ux, ly, uy = (t.to(WORK) for t in (lx, ux, ly, uy))
+        v = torch.stack([f(lx, ly), f(lx, uy), f(ux, ly), f(ux, uy)], dim=-1)
+        return _outward(v.amin(-1), v.amax(-1), v.abs().amax(-1), dtype)
+
+    return interval
+
+
+def sigmoid_tanh_interval(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact range: sigma > 0 and the product is increasing in y, so the corners suffice."""
+    return _corner_interval(sigmoid_tanh)(lx, ux, ly, uy)
+
+
+def _quartic_real_parts(b: Tensor, a: Tensor) -> list[Tensor]:
+    """Real parts of the roots of s^4 - (2+b) s^3 + (1+2b) s^2 - b s - a^2 (batched companion eigvals).
+
+    Complex roots contribute their real parts too: an extra candidate point is harmless."""
+    shape = b.shape
+    b1, a1 = b.reshape(-1), a.reshape(-1)
+    comp = torch.zeros(b1.shape[0], 4, 4, dtype=WORK, device=b.device)
+    comp[:, 0, 0] = 2 + b1
+    comp[:, 0, 1] = -(1 + 2 * b1)
+    comp[:, 0, 2] = b1
+    comp[:, 0, 3] = a1**2
+    comp[:, 1, 0] = comp[:, 2, 1] = comp[:, 3, 2] = 1.0
+    if b1.shape[0] == 0:
+        return [b.clone() for _ in range(4)]
+    roots = torch.linalg.eigvals(comp).real
+    return [roots[:, i].reshape(shape) for i in range(4)]
+
+
+def _polish_interior_root(x: Tensor, a: Tensor, b: Tensor, iters: int = 6) -> Tensor:
+    """Newton steps on the quartic written in x and in logs (well conditioned where sigma(x) ~ 1).
+
+    ``log s + 2 log(1-s) + log(s-B) = 2 log|A|`` with ``s = sigma(x)``.  Companion eigenvalues lose
+    the distance ``1-s`` when it is tiny; this form keeps it.  The unpolished root stays a
+    candidate as well, so a diverging step can only add a harmless extra point.
+    """
+    log_a2 = 2 * torch.log(a.abs())
+    for _ in range(iters):
+        s, v = torch.sigmoid(x), torch.sigmoid(-x)
+        d = s - b
+        ok = (d > 0) & (a != 0) & torch.isfinite(x)
+        dd = torch.where(ok, d, torch.ones_like(d))
+        f = torch.nn.functional.logsigmoid(x) + 2 * torch.nn.functional.logsigmoid(-x) + torch.log(dd) - log_a2
+        df = v - 2 * s + s * v / dd
+        step = torch.where(ok & (df != 0), f / torch.where(df != 0, df, torch.ones_like(df)), torch.zeros_like(f))
+        x = x - torch.clamp(step, -50.0, 50.0)
+    return x
+
+
+def sigmoid_tanh_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes:
+    """Corner-fit planes for sigma(x)tanh(y) with exact offsets.
+
+    Slopes (Cert-RNN Thm 4.2, case-1 form, used for every sign case):
+    ``A = dd(sigma)(tanh(l_y)+tanh(u_y))/2``, ``B = (sigma(l_x)+sigma(u_x))/2 dd(tanh)``.
+    Candidates for the extrema of ``g = sigma(x)tanh(y) - Ax - By``: the 4 corners; on the edges
+    ``x = x_e`` the points with ``sigma(x_e)(1 - tanh^2 y) = B``; on the edges ``y = y_e`` the points
+    with ``sigma'(x) tanh(y_e) = A``; in the interior the roots ``s = sigma(x)`` of
+    ``s^4 - (2+B)s^3 + (1+2B)s^2 - Bs - A^2 = 0`` with ``tanh(y) = A / (s(1-s))``.
+    """
+    dtype = lx.dtype
+    lx, ux, ly, uy = (t.to(WORK) for t in (lx, ux, ly, uy))
+    sl, su, tl, tu = torch.sigmoid(lx), torch.sigmoid(ux), torch.tanh(ly), torch.tanh(uy)
+    a = _rounded(_divided_difference(torch.sigmoid, _sigmoid_prime, lx, ux) * (tl + tu) / 2, dtype)
+    b = _rounded((sl + su) / 2 * _divided_difference(torch.tanh, _tanh_prime, ly, uy), dtype)
+    ad, bd = a.detach(), b.detach()
+    nan = torch.full_like(lx, float("nan"))
+    xs, ys = [lx, lx, ux, ux], [ly, uy, ly, uy]
+    for xe in (lx, ux):  # edges x = x_e: tanh(y)^2 = 1 - B / sigma(x_e)
+        yy = _tanh_prime_inverse(bd / torch.sigmoid(xe.detach()))
+        xs += [xe, xe]
+        ys += [yy, -yy]
+    for ye in (ly, uy):  # edges y = y_e: sigma'(x) = A / tanh(y_e)
+        te = torch.tanh(ye.detach())
+        q = torch.where(te != 0, ad / torch.where(te != 0, te, torch.ones_like(te)), nan)
+        xx = _sigmoid_prime_inverse(q)[0]
+        xs += [xx, -xx]
+        ys += [ye, ye]
+    for s in _quartic_real_parts(bd, ad):  # interior stationary points
+        x0 = _logit(torch.clamp(s, 1e-300, 1 - 1e-16))
+        for xx in (x0, _polish_interior_root(x0, ad, bd)):
+            # tanh(y) has the sign of A and 1 - tanh(y)^2 = B / sigma(x) (better conditioned than A/(s(1-s)))
+            yy = _tanh_prime_inverse(bd / torch.sigmoid(xx))
+            xs.append(xx)
+            ys.append(torch.where(ad >= 0, yy, -yy))
+    x = _pick(xs, lx, lx, ux)
+    y = _pick(ys, ly, ly, uy)
+    fxy, ax, by = sigmoid_tanh(x, y), a.unsqueeze(-1) * x, b.unsqueeze(-1) * y
+    g = fxy - ax - by
+    scale = (fxy.abs() + ax.abs() + by.abs()).amax(-1)
+    low, high = _outward(g.amin(-1), g.amax(-1), scale, dtype)
+    return Planes((a.to(dtype), b.to(dtype)), low, high)
+
+
+def mul_sigmoid_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes:
+    """Corner-fit planes for x*sigma(y) with exact offsets.
+
+    Slopes (corrected Cert-RNN Thm 4.3): ``A = (sigma(l_y)+sigma(u_y))/2``,
+    ``B = (l_x+u_x)/2 dd(sigma)``.  ``g = x sigma(y) - Ax - By`` is linear in x on the edges
+    ``y = y_e`` and has only saddle points inside, so its extrema lie at the corners or on the
+    edges ``x = x_e`` where ``x_e sigma'(y) = B``.
+    """
+    dtype = lx.dtype
+    lx, ux, ly, uy = (t.to(WORK) for t in (lx, ux, ly, uy))
+    a = _rounded((torch.sigmoid(ly) + torch.sigmoid(uy)) / 2, dtype)
+    b = _rounded((lx + ux) / 2 * _divided_difference(torch.sigmoid, _sigmoid_prime, ly, uy), dtype)
+    bd = b.detach()
+    nan = torch.full_like(lx, float("nan"))
+    xs, ys = [lx, lx, ux, ux], [ly, uy, ly, uy]
+    for xe in (lx, ux):
+        xd = xe.detach()
+        q = torch.where(xd != 0, bd / torch.where(xd != 0, xd, torch.ones_like(xd)), nan)
+        yy = _sigmoid_prime_inverse(q)[0]
+        xs += [xe, xe]
+        ys += [yy, -yy]
+    x = _pick(xs, lx, lx, ux)
+    y = _pick(ys, ly, ly, uy)
+    fxy, ax, by = mul_sigmoid(x, y), a.unsqueeze(-1) * x, b.unsqueeze(-1) * y
+    g = fxy - ax - by
+    scale = (fxy.abs() + ax.abs() + by.abs()).amax(-1)
+    low, high = _outward(g.amin(-1), g.amax(-1), scale, dtype)
+    return Planes((a.to(dtype), b.to(dtype)), low, high)
+
+
+def mul_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes:
+    """Planes for x*y with slopes ``(c_y, c_x)`` (box centres); bilinear, so corners are exact."""
+    dtype = lx.dtype
+    lx, ux, ly, uy = (t.to(WORK) for t in (lx, ux, ly, uy))
+    a = _rounded((ly + uy) / 2, dtype)
+    b = _rounded((lx + ux) / 2, dtype)
+    x = torch.stack([lx, lx, ux, ux], -1)
+    y = torch.stack([ly, uy, ly, uy], -1)
+    fxy, ax, by = x * y, a.unsqueeze(-1) * x, b.unsqueeze(-1) * y
+    g = fxy - ax - by
+    low, high = _outward(g.amin(-1), g.amax(-1), (fxy.abs() + ax.abs() + by.abs()).amax(-1), dtype)
+    return Planes((a.to(dtype), b.to(dtype)), low, high)
+
+
+mul_sigmoid_interval = _corner_interval(mul_sigmoid)
+mul_interval = _corner_interval(mul)
