@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 __version__ = "0.1.0"
+
+# Zonotope generators are large, short-lived CPU tensors; first-touch page faults dominated
+# certification time.  PyTorch's CPU allocator backs large allocations with transparent huge
+# pages when this is set (read lazily on first use; an explicit user setting wins).
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from rnnguard.errors import InvalidInputError, RnnGuardError, UnknownNameError, UnsupportedModelError
 from rnnguard.perturbations import AllFrames, Frames, LpBall, OneFrame, Perturbation

@@ -10,7 +10,9 @@ Products are mapped to the two-input relaxations:
   ``h = sigmoid_tanh(o_pre, c)``;
 * GRU ``n = tanh(x_n + r*(W_hn h + b_hn))`` with ``r*(...) = mul_sigmoid(W_hn h + b_hn, r_pre)``,
   and ``h' = (1-z)*n + z*h = sigmoid_tanh(-z_pre, n_pre) + mul_sigmoid(h, z_pre)``
-  (``1 - sigma(a) = sigma(-a)`` fuses the update gate with n's tanh).
+  (``1 - sigma(a) = sigma(-a)`` fuses the update gate with n's tanh); since h' is a convex
+  combination of n and h, its bounds are also met with ``[min(l_n, l_h), max(u_n, u_h)]``
+  (a free tightening for Box and for InterZono's support).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor
 
 from rnnguard.domains.base import AbstractValue
+from rnnguard.relaxations import RELAXATIONS
 
 CellKind = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
 GATES: dict[str, int] = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
@@ -103,7 +106,11 @@ def _gru_step(layer: RecurrentLayer, x: AbstractValue, state: State) -> State:
     hr, hz, hn = h.affine(layer.weight_hh, layer.bias_hh).chunk(3)
     r_pre, z_pre = xr + hr, xz + hz
     n_pre = xn + hn.apply("mul_sigmoid", r_pre)
-    return ((-z_pre).apply("sigmoid_tanh", n_pre) + h.apply("mul_sigmoid", z_pre),)
+    h_new = (-z_pre).apply("sigmoid_tanh", n_pre) + h.apply("mul_sigmoid", z_pre)
+    # h' = (1-z) n + z h is a convex combination: it lies between min(n, h) and max(n, h).
+    n_lo, n_hi = RELAXATIONS["tanh"].interval(*n_pre.bounds())
+    h_lo, h_hi = h.bounds()
+    return (h_new.meet_interval(torch.minimum(n_lo, h_lo), torch.maximum(n_hi, h_hi)),)
 
 
 STEPS: dict[str, Callable[[RecurrentLayer, AbstractValue, State], State]] = {

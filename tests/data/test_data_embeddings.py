@@ -162,3 +162,47 @@ def test_embed_real_glove(glove: GloVe) -> None:
     assert x[0, 0, 0].item() == pytest.approx(0.418)
     assert torch.equal(x[1, 0], torch.tensor(glove.vectors[glove.index["good"]]))
     assert torch.all(x[1, 1] == 0)
+
+
+# --------------------------------------------------------------------------- Stanford zip (offline)
+
+
+def _tiny_zip(path: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("glove.6B.3d.txt", TINY)
+    return path
+
+
+def test_zip_converted_to_cached_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    g = load_glove(path=_tiny_zip(tmp_path / "glove.6B.zip"), dim=3)
+    cache = tmp_path / "xdg" / "rnnguard" / "glove"
+    assert (cache / "glove.6B.3d.npz").is_file() and (cache / "glove.6B.3d.vocab.txt.gz").is_file()
+    assert g.words == ["the", "cat", "sat"] and g.source == str((cache / "glove.6B.3d.npz").resolve())
+    with pytest.raises(FileNotFoundError, match="glove.6B.7d.txt"):
+        load_glove(path=tmp_path / "glove.6B.zip", dim=7)
+
+
+def test_download_fallback_uses_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The download branch, with the network replaced by a local copy."""
+    import shutil
+
+    from rnnguard.data import embeddings
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    src = _tiny_zip(tmp_path / "upstream.zip")
+    calls: list[str] = []
+
+    def fake_download(url: str, dest: Path, sha256: str | None = None) -> Path:
+        calls.append(url)
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dest)
+        return Path(dest)
+
+    monkeypatch.setattr(embeddings, "_download", fake_download)
+    (tmp_path / "empty_root").mkdir()
+    g = load_glove(root=tmp_path / "empty_root", dim=3)
+    assert calls == [embeddings.GLOVE_6B_URL] and g.words == ["the", "cat", "sat"]
+    assert load_glove(root=tmp_path / "empty_root", dim=3) is g and len(calls) == 1  # now cached on disk

@@ -23,6 +23,7 @@ from rnnguard.data import (
     split_indices,
     tokenize,
 )
+from rnnguard.errors import RnnGuardError, UnknownNameError
 
 # --------------------------------------------------------------------------- real data
 
@@ -151,7 +152,7 @@ def test_malformed_files(tmp_path: Path, name: str, fname: str, data: bytes, lin
     p = _write(tmp_path / fname, data)
     with pytest.raises(DataFormatError, match=match) as err:
         load_text_dataset(name, path=p)  # type: ignore[arg-type]
-    assert isinstance(err.value, ValueError)
+    assert isinstance(err.value, ValueError) and isinstance(err.value, RnnGuardError)
     assert err.value.line == line and err.value.path == p
     assert f"{p}, line {line}:" in str(err.value)
 
@@ -173,7 +174,7 @@ def test_rt_empty_file(tmp_path: Path) -> None:
 
 def test_unknown_dataset() -> None:
     assert set(DATASETS) == {"rt", "toxic", "yelp"}
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(UnknownNameError, match="unknown dataset"):
         load_text_dataset("imdb")  # type: ignore[arg-type]
 
 

@@ -27,7 +27,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 import torch
@@ -221,7 +221,7 @@ def _load_text(path: Path) -> GloVe:
     return _load_text_cached(path, _stamp(path))
 
 
-def _atomic_write(dest: Path, write) -> None:  # type: ignore[no-untyped-def]
+def _atomic_write(dest: Path, write: Callable[[BinaryIO], object]) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
     try:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rnnguard.errors import RnnGuardError
+
 __all__ = ["DataFormatError"]
 
 
-class DataFormatError(ValueError):
+class DataFormatError(RnnGuardError, ValueError):
     """A data file does not have the expected format.
 
     Raised instead of silently skipping bad records, so that a corrupted or

@@ -24,6 +24,8 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import torch
 
+from rnnguard.errors import UnknownNameError
+
 from .embeddings import GloVe, _read_bytes, embed_tokens, load_glove
 from .errors import DataFormatError
 from .paths import resolve_data_root
@@ -240,7 +242,7 @@ def load_text_dataset(
     try:
         loader = DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None
+        raise UnknownNameError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None
     return loader(root=root, path=path)
 
 

@@ -52,5 +52,9 @@ class Box:
         k = keep_self[:, None]
         return Box(torch.where(k, self.lower, other.lower), torch.where(k, self.upper, other.upper))
 
+    def meet_interval(self, lower: Tensor, upper: Tensor) -> "Box":
+        """Intersect with a box known to contain the value (e.g. a convex-combination hull)."""
+        return Box(torch.maximum(self.lower, lower), torch.minimum(self.upper, upper))
+
     def margin_lower(self, weight: Tensor, bias: Tensor) -> Tensor:
         return self.affine(weight, bias).lower

@@ -58,5 +58,11 @@ class InterZono:
     def where(self, keep_self: Tensor, other: "InterZono") -> "InterZono":
         return InterZono(self.main.where(keep_self, other.main), self.support.where(keep_self, other.support))
 
+    def meet_interval(self, lower: Tensor, upper: Tensor) -> "InterZono":
+        """Refine the support with a box known to contain the value (the main stays as it is)."""
+        lo, hi = self.bounds()
+        lo, hi = torch.maximum(lo, lower), torch.minimum(hi, upper)
+        return InterZono(self.main, Zonotope.from_interval(lo, hi, self.support.symbols))
+
     def margin_lower(self, weight: Tensor, bias: Tensor) -> Tensor:
         return torch.maximum(self.main.margin_lower(weight, bias), self.support.margin_lower(weight, bias))

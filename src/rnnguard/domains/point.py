@@ -39,5 +39,8 @@ class Point:
     def where(self, keep_self: Tensor, other: "Point") -> "Point":
         return Point(torch.where(keep_self[:, None], self.value, other.value))
 
+    def meet_interval(self, lower: Tensor, upper: Tensor) -> "Point":
+        return self
+
     def margin_lower(self, weight: Tensor, bias: Tensor) -> Tensor:
         return self.affine(weight, bias).value

@@ -36,46 +36,73 @@ class SymbolTable:
         return next(self._next)
 
 
-def _offsets(blocks: Blocks) -> dict[int, tuple[int, int]]:
+def _offsets(blocks: Blocks) -> dict[int, int]:
     out, pos = {}, 0
     for bid, size in blocks:
-        out[bid] = (pos, size)
+        out[bid] = pos
         pos += size
     return out
 
 
-def _combine(parts: Sequence[tuple[Tensor, Blocks]]) -> tuple[Tensor, Blocks]:
-    """Sum generator tensors after aligning their symbol blocks by id.
+def _runs(blocks: Blocks, where: dict[int, int]) -> list[tuple[int, int, int]]:
+    """Maximal runs ``(src_start, dst_start, length)`` copying ``blocks`` into a layout ``where``."""
+    runs: list[list[int]] = []
+    src = 0
+    for bid, size in blocks:
+        dst = where[bid]
+        if runs and runs[-1][0] + runs[-1][2] == src and runs[-1][1] + runs[-1][2] == dst:
+            runs[-1][2] += size
+        else:
+            runs.append([src, dst, size])
+        src += size
+    return [tuple(r) for r in runs]  # type: ignore[misc]
 
-    The first operand's layout is kept (cheap when the others are subsets of it); blocks it
-    lacks are appended in order of appearance."""
-    gens, blocks = parts[0]
-    if all(b == blocks for _, b in parts[1:]):
-        total = gens
-        for g, _ in parts[1:]:
-            total = total + g
-        return total, blocks
-    union = list(blocks)
-    seen = {bid for bid, _ in blocks}
-    for _, bl in parts[1:]:
-        for bid, size in bl:
-            if bid not in seen:
-                seen.add(bid)
-                union.append((bid, size))
-    union_t: Blocks = tuple(union)
-    where = _offsets(union_t)
-    G = sum(size for _, size in union_t)
-    R, _, n = gens.shape
-    total = torch.zeros(R, G, n, dtype=gens.dtype, device=gens.device)
-    for g, bl in parts:
-        if not bl:
-            continue
-        if bl == union_t[: len(bl)]:
-            total[:, : g.shape[1]] += g
-            continue
-        index = torch.cat([torch.arange(where[bid][0], where[bid][0] + size) for bid, size in bl]).to(gens.device)
-        total.index_add_(1, index, g)
-    return total, union_t
+
+Part = tuple[Tensor | None, Tensor, Blocks]  # (elementwise coefficient (R, n) or None, gens, blocks)
+
+
+def _combine(parts: Sequence[Part], fresh: Tensor | None = None, fresh_id: int | None = None) -> tuple[Tensor, Blocks]:
+    """``sum_i coef_i * gens_i`` after aligning symbol blocks by id, optionally followed by a fresh
+    diagonal block ``diag(fresh)`` with id ``fresh_id``.
+
+    Layouts are kept sorted by block id (ids only grow, so fresh blocks go last).  The result is
+    written into one new tensor by contiguous runs of blocks: large generator tensors are the
+    cost of this domain, so no temporaries are made."""
+    _, first_g, first_b = parts[0]
+    if all(b == first_b for _, _, b in parts[1:]):
+        union: Blocks = first_b
+    else:
+        merged: dict[int, int] = {}
+        for _, _, bl in parts:
+            merged.update(bl)
+        union = tuple(sorted(merged.items()))
+    R, _, n = first_g.shape
+    G = sum(size for _, size in union)
+    extra = 0 if fresh is None else fresh.shape[-1]
+    if first_b == union:  # the first operand covers the union: write it instead of zero-filling
+        total = first_g.new_empty(R, G + extra, n)
+        first_coef = parts[0][0]
+        if first_coef is None:
+            total[:, :G].copy_(first_g)
+        else:
+            torch.mul(first_g, first_coef[:, None, :], out=total[:, :G])
+        if extra:
+            total[:, G:].zero_()
+        rest = parts[1:]
+    else:
+        total = first_g.new_zeros(R, G + extra, n)
+        rest = parts
+    where = _offsets(union)
+    for coef, g, bl in rest:
+        for src, dst, size in _runs(bl, where):
+            if coef is None:
+                total[:, dst : dst + size] += g[:, src : src + size]
+            else:
+                total[:, dst : dst + size].addcmul_(g[:, src : src + size], coef[:, None, :])
+    if fresh is not None:
+        total[:, G:].diagonal(dim1=1, dim2=2).copy_(fresh)
+        union = union + ((fresh_id, extra),)
+    return total, union
 
 
 @dataclass(frozen=True)
@@ -99,38 +126,53 @@ class Zonotope:
 
     def with_fresh_noise(self, radius: Tensor) -> "Zonotope":
         """Add ``radius * eps_new`` with a fresh symbol per neuron (a new diagonal block)."""
-        block = (self.symbols.new_block(), radius.shape[-1])
-        gens = torch.cat([self.gens, torch.diag_embed(radius)], dim=1)
-        return Zonotope(self.center, gens, self.blocks + (block,), self.symbols)
+        gens, blocks = _combine([(None, self.gens, self.blocks)], radius, self.symbols.new_block())
+        return Zonotope(self.center, gens, blocks, self.symbols)
 
     # ------------------------------------------------------------------ protocol
     def bounds(self) -> tuple[Tensor, Tensor]:
-        radius = self.gens.abs().sum(dim=1)
-        radius = radius + concretization_slack(self.center.abs(), radius)
-        return self.center - radius, self.center + radius
+        cached = self.__dict__.get("_bounds")
+        if cached is None:
+            radius = self.gens.abs().sum(dim=1)  # faster than vector_norm(ord=1) over the middle dim
+            radius = radius + concretization_slack(self.center.abs(), radius)
+            cached = (self.center - radius, self.center + radius)
+            object.__setattr__(self, "_bounds", cached)
+        return cached
 
     def affine(self, weight: Tensor, bias: Tensor | None = None) -> "Zonotope":
         return Zonotope(add_bias(linear(self.center, weight), bias), linear(self.gens, weight), self.blocks, self.symbols)
 
-    def scale_add(self, coeffs: Sequence[Tensor], others: Sequence["Zonotope"], offset: Tensor) -> "Zonotope":
-        """``sum_i coeffs[i] * Z_i + offset`` with ``Z_0 = self`` (elementwise coefficients ``(R, n)``)."""
+    def scale_add(self, coeffs: Sequence[Tensor], others: Sequence["Zonotope"], offset: Tensor,
+                  fresh_radius: Tensor | None = None) -> "Zonotope":
+        """``sum_i coeffs[i] * Z_i + offset (+ fresh_radius * eps_new)`` with ``Z_0 = self``.
+
+        Coefficients are elementwise ``(R, n)``; the optional fresh term gets a new symbol per neuron."""
         values = (self, *others)
         center = offset + sum(c * v.center for c, v in zip(coeffs, values))
-        gens, blocks = _combine([(c[:, None, :] * v.gens, v.blocks) for c, v in zip(coeffs, values)])
+        fresh_id = None if fresh_radius is None else self.symbols.new_block()
+        gens, blocks = _combine([(c, v.gens, v.blocks) for c, v in zip(coeffs, values)], fresh_radius, fresh_id)
         return Zonotope(center, gens, blocks, self.symbols)
 
     def __add__(self, other: "Zonotope") -> "Zonotope":
-        gens, blocks = _combine([(self.gens, self.blocks), (other.gens, other.blocks)])
-        return Zonotope(self.center + other.center, gens, blocks, self.symbols)
+        if self.blocks == other.blocks:
+            gens = self.gens + other.gens
+        else:
+            gens, blocks = _combine([(None, self.gens, self.blocks), (None, other.gens, other.blocks)])
+            return Zonotope(self.center + other.center, gens, blocks, self.symbols)
+        return Zonotope(self.center + other.center, gens, self.blocks, self.symbols)
 
     def __neg__(self) -> "Zonotope":
         return Zonotope(-self.center, -self.gens, self.blocks, self.symbols)
 
     def chunk(self, parts: int) -> Sequence["Zonotope"]:
-        return [
-            Zonotope(c, g, self.blocks, self.symbols)
-            for c, g in zip(self.center.chunk(parts, -1), self.gens.chunk(parts, -1))
-        ]
+        """Split the neurons into ``parts`` (gates); bounds are computed once, in one contiguous pass."""
+        lower, upper = self.bounds()
+        out = []
+        for c, g, lo, hi in zip(*(t.chunk(parts, -1) for t in (self.center, self.gens, lower, upper))):
+            z = Zonotope(c, g, self.blocks, self.symbols)
+            object.__setattr__(z, "_bounds", (lo, hi))
+            out.append(z)
+        return out
 
     def apply(self, op: str, *others: "Zonotope", bounds: Sequence[tuple[Tensor, Tensor]] | None = None) -> "Zonotope":
         """Parallel-plane transformer; ``bounds`` (per operand) default to the operands' own."""
@@ -138,14 +180,17 @@ class Zonotope:
         if bounds is None:
             bounds = [v.bounds() for v in operands]
         planes = RELAXATIONS[op].planes(*(t for lu in bounds for t in lu))
-        out = self.scale_add(planes.slopes, others, (planes.lower + planes.upper) / 2)
-        return out.with_fresh_noise((planes.upper - planes.lower) / 2)
+        return self.scale_add(planes.slopes, others, (planes.lower + planes.upper) / 2, (planes.upper - planes.lower) / 2)
 
     def where(self, keep_self: Tensor, other: "Zonotope") -> "Zonotope":
         k = keep_self[:, None]
-        m = k.to(self.center.dtype)
-        gens, blocks = _combine([(self.gens * m[:, None], self.blocks), (other.gens * (1 - m)[:, None], other.blocks)])
+        m = k.to(self.center.dtype).expand_as(self.center)
+        gens, blocks = _combine([(m, self.gens, self.blocks), (1 - m, other.gens, other.blocks)])
         return Zonotope(torch.where(k, self.center, other.center), gens, blocks, self.symbols)
+
+    def meet_interval(self, lower: Tensor, upper: Tensor) -> "Zonotope":
+        """A zonotope cannot be intersected with a box and stay a zonotope: unchanged (sound)."""
+        return self
 
     def margin_lower(self, weight: Tensor, bias: Tensor) -> Tensor:
         return self.affine(weight, bias).bounds()[0]
