@@ -84,6 +84,8 @@ def _combine(parts: Sequence[Part], fresh: Tensor | None = None, fresh_id: int |
         first_coef = parts[0][0]
         if first_coef is None:
             total[:, :G].copy_(first_g)
+        elif torch.is_grad_enabled() and (first_g.requires_grad or first_coef.requires_grad):
+            total[:, :G].copy_(first_g * first_coef[:, None, :])  # out= does not support autograd
         else:
             torch.mul(first_g, first_coef[:, None, :], out=total[:, :G])
         if extra:
