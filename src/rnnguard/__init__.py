@@ -15,6 +15,7 @@ from rnnguard.errors import InvalidInputError, RnnGuardError, UnknownNameError, 
 from rnnguard.perturbations import AllFrames, Frames, LpBall, OneFrame, Perturbation
 from rnnguard.models import SequenceClassifier
 from rnnguard.certify import CertificationResult, certify
+from rnnguard.attacks import APGD, FGSM, PGD, Attack, AttackResult, Ensemble, default_ensemble
 
 __all__ = [
     "__version__",
@@ -26,6 +27,13 @@ __all__ = [
     "OneFrame",
     "Frames",
     "SequenceClassifier",
+    "Attack",
+    "AttackResult",
+    "FGSM",
+    "PGD",
+    "APGD",
+    "Ensemble",
+    "default_ensemble",
     "RnnGuardError",
     "InvalidInputError",
     "UnsupportedModelError",

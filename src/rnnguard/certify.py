@@ -63,7 +63,8 @@ def margin_specification(program: Program, labels: Tensor) -> tuple[Tensor, Tens
     return W[labels][:, None, :] - W[others], b[labels][:, None] - b[others]
 
 
-def _validate(program: Program, x: Tensor, y: Tensor, lengths: Tensor | None, perturbation: Perturbation) -> Tensor:
+def validate_inputs(program: Program, x: Tensor, y: Tensor, lengths: Tensor | None, perturbation: Perturbation) -> Tensor:
+    """Check a batch against a program and a threat model at the public boundary; returns lengths."""
     if not isinstance(perturbation, Perturbation):
         raise InvalidInputError(f"perturbation must be an rnnguard.Perturbation, got {type(perturbation).__name__}")
     if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -123,7 +124,7 @@ def certify(
     start = time.perf_counter()
     get_domain(domain)
     program = lower(model)
-    lengths = _validate(program, x, y, lengths, perturbation)
+    lengths = validate_inputs(program, x, y, lengths, perturbation)
     program = program.to(dtype, x.device)
     xx = x.to(dtype)
     regions = perturbation.regions(xx, lengths)
