@@ -23,7 +23,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from rnnguard.domains.base import AbstractValue
+from rnnguard.domains.base import AbstractValue, apply_sum
 from rnnguard.relaxations import RELAXATIONS
 
 CellKind = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
@@ -94,9 +94,10 @@ def _lstm_step(layer: RecurrentLayer, x: AbstractValue, state: State) -> State:
     h, c = state
     pre = x.affine(layer.weight_ih, _sum_bias(layer.bias_ih, layer.bias_hh)) + h.affine(layer.weight_hh)
     i, f, g, o = pre.chunk(4)
-    c_new = i.apply("sigmoid_tanh", g)
-    if c is not None:  # c_0 = 0 contributes nothing: skip the product at the first step
-        c_new = c.apply("mul_sigmoid", f) + c_new
+    if c is None:  # c_0 = 0 contributes nothing: skip the product at the first step
+        c_new = i.apply("sigmoid_tanh", g)
+    else:
+        c_new = apply_sum([("mul_sigmoid", (c, f)), ("sigmoid_tanh", (i, g))])
     return o.apply("sigmoid_tanh", c_new), c_new
 
 
@@ -106,7 +107,7 @@ def _gru_step(layer: RecurrentLayer, x: AbstractValue, state: State) -> State:
     hr, hz, hn = h.affine(layer.weight_hh, layer.bias_hh).chunk(3)
     r_pre, z_pre = xr + hr, xz + hz
     n_pre = xn + hn.apply("mul_sigmoid", r_pre)
-    h_new = (-z_pre).apply("sigmoid_tanh", n_pre) + h.apply("mul_sigmoid", z_pre)
+    h_new = apply_sum([("sigmoid_tanh", (-z_pre, n_pre)), ("mul_sigmoid", (h, z_pre))])
     # h' = (1-z) n + z h is a convex combination: it lies between min(n, h) and max(n, h).
     n_lo, n_hi = RELAXATIONS["tanh"].interval(*n_pre.bounds())
     h_lo, h_hi = h.bounds()

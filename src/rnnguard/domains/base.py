@@ -31,11 +31,25 @@ class AbstractValue(Protocol):
 
     def apply(self: V, op: str, *others: V) -> V: ...
 
+    @classmethod
+    def apply_sum(cls, terms: Sequence[tuple[str, Sequence[V]]]) -> V: ...
+
     def where(self: V, keep_self: Tensor, other: V) -> V: ...
 
     def meet_interval(self: V, lower: Tensor, upper: Tensor) -> V: ...
 
     def margin_lower(self, weight: Tensor, bias: Tensor) -> Tensor: ...
+
+
+Term = tuple[str, Sequence["AbstractValue"]]
+
+
+def apply_sum(terms: Sequence[Term]) -> "AbstractValue":
+    """``sum_k op_k(*operands_k)``, e.g. LSTM's ``f*c + i*g``.
+
+    Zonotope-family domains give the whole sum ONE fresh symbol per neuron (exact: the per-term
+    fresh symbols are diagonal and private to the sum), which saves generators."""
+    return type(terms[0][1][0]).apply_sum(terms)
 
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:

@@ -48,6 +48,13 @@ class Box:
         args = [t for v in (self, *others) for t in v.bounds()]
         return Box(*RELAXATIONS[op].interval(*args))
 
+    @classmethod
+    def apply_sum(cls, terms: Sequence[tuple[str, Sequence["Box"]]]) -> "Box":
+        out = terms[0][1][0].apply(terms[0][0], *terms[0][1][1:])
+        for op, vals in terms[1:]:
+            out = out + vals[0].apply(op, *vals[1:])
+        return out
+
     def where(self, keep_self: Tensor, other: "Box") -> "Box":
         k = keep_self[:, None]
         return Box(torch.where(k, self.lower, other.lower), torch.where(k, self.upper, other.upper))

@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from rnnguard.domains.base import concretization_slack
 from rnnguard.domains.zonotope import Zonotope
 from rnnguard.relaxations import RELAXATIONS
 
@@ -54,6 +55,17 @@ class InterZono:
         main = self.main.apply(op, *(o.main for o in others), bounds=bounds)
         lo, hi = RELAXATIONS[op].interval(*(t for lu in bounds for t in lu))
         return InterZono(main, Zonotope.from_interval(lo, hi, self.support.symbols))
+
+    @classmethod
+    def apply_sum(cls, terms: Sequence[tuple[str, Sequence["InterZono"]]]) -> "InterZono":
+        bounds = [[v.bounds() for v in vals] for _, vals in terms]
+        main = Zonotope.apply_sum([(op, [v.main for v in vals]) for op, vals in terms], bounds)
+        lo = hi = None
+        for (op, _), bl in zip(terms, bounds):
+            l, h = RELAXATIONS[op].interval(*(t for lu in bl for t in lu))
+            lo, hi = (l, h) if lo is None else (lo + l, hi + h)
+        slack = concretization_slack(torch.maximum(lo.abs(), hi.abs()), torch.zeros_like(lo))
+        return InterZono(main, Zonotope.from_interval(lo - slack, hi + slack, terms[0][1][0].support.symbols))
 
     def where(self, keep_self: Tensor, other: "InterZono") -> "InterZono":
         return InterZono(self.main.where(keep_self, other.main), self.support.where(keep_self, other.support))

@@ -36,6 +36,10 @@ class Point:
     def apply(self, op: str, *others: "Point") -> "Point":
         return Point(RELAXATIONS[op].fn(self.value, *(o.value for o in others)))
 
+    @classmethod
+    def apply_sum(cls, terms: Sequence[tuple[str, Sequence["Point"]]]) -> "Point":
+        return Point(sum(RELAXATIONS[op].fn(*(v.value for v in vals)) for op, vals in terms))
+
     def where(self, keep_self: Tensor, other: "Point") -> "Point":
         return Point(torch.where(keep_self[:, None], self.value, other.value))
 

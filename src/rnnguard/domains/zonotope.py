@@ -181,8 +181,24 @@ class Zonotope:
         operands = (self, *others)
         if bounds is None:
             bounds = [v.bounds() for v in operands]
-        planes = RELAXATIONS[op].planes(*(t for lu in bounds for t in lu))
-        return self.scale_add(planes.slopes, others, (planes.lower + planes.upper) / 2, (planes.upper - planes.lower) / 2)
+        return Zonotope.apply_sum([(op, (self, *others))], None if bounds is None else [bounds])
+
+    @classmethod
+    def apply_sum(cls, terms: Sequence[tuple[str, Sequence["Zonotope"]]],
+                  bounds: Sequence[Sequence[tuple[Tensor, Tensor]]] | None = None) -> "Zonotope":
+        """``sum_k op_k(*operands_k)`` with one fresh symbol per neuron for the whole sum."""
+        coeffs: list[Tensor] = []
+        values: list[Zonotope] = []
+        center = radius = None
+        for k, (op, vals) in enumerate(terms):
+            bl = bounds[k] if bounds is not None else [v.bounds() for v in vals]
+            planes = RELAXATIONS[op].planes(*(t for lu in bl for t in lu))
+            mid, rad = (planes.lower + planes.upper) / 2, (planes.upper - planes.lower) / 2
+            center = mid if center is None else center + mid
+            radius = rad if radius is None else radius + rad
+            coeffs.extend(planes.slopes)
+            values.extend(vals)
+        return values[0].scale_add(coeffs, values[1:], center, radius)
 
     def where(self, keep_self: Tensor, other: "Zonotope") -> "Zonotope":
         k = keep_self[:, None]
