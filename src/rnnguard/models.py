@@ -109,11 +109,12 @@ def lower(model: nn.Module, *, check: bool = True) -> Program:
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected an nn.Module, got {type(model).__name__}")
     rnn_name, rnn, head_name, head = _find_parts(model)
+    layers = _lower_recurrent(rnn_name, rnn)  # rejects bidirectional / proj_size before the head check
     if head.in_features != rnn.hidden_size:
         raise UnsupportedModelError(
             f"submodule {head_name!r}: in_features={head.in_features} does not match hidden_size={rnn.hidden_size}")
     bias = head.bias if head.bias is not None else head.weight.new_zeros(head.out_features)
-    program = Program(_lower_recurrent(rnn_name, rnn), head.weight, bias)
+    program = Program(layers, head.weight, bias)
     if check and not isinstance(model, SequenceClassifier):
         _check_forward(model, rnn, program)
     return program

@@ -19,7 +19,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from rnnguard.errors import InvalidInputError
+from rnnguard.errors import InvalidInputError, UnknownNameError
 
 Norm = Literal["linf", "l2"]
 
@@ -35,7 +35,7 @@ class LpBall:
         if not isinstance(self.eps, (int, float)) or not math.isfinite(self.eps) or self.eps < 0:
             raise InvalidInputError(f"eps must be a finite number >= 0, got {self.eps!r}")
         if self.norm not in ("linf", "l2"):
-            raise InvalidInputError(f"unknown norm {self.norm!r}; use 'linf' or 'l2'")
+            raise UnknownNameError(f"unknown norm {self.norm!r}; use 'linf' or 'l2'")
 
     @property
     def box_radius(self) -> float:
