@@ -1,0 +1,622 @@
+"""The ``rnnguard`` command line: ``rnnguard certify`` and ``rnnguard demo``.
+
+Errors that rnnguard raises on purpose (bad inputs, missing data, corrupt checkpoints, ...) are
+printed as a single red ``error: ...`` line on stderr with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator, List, Optional, Sequence
+
+import torch
+import typer
+
+from rnnguard import __version__
+from rnnguard.errors import InvalidInputError, RnnGuardError
+
+__all__ = ["app", "main"]
+
+DOMAIN_ORDER = ("box", "zonotope", "interzono")
+DTYPES = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32, "float": torch.float32}
+
+app = typer.Typer(
+    name="rnnguard",
+    help="Sound robustness certification for RNN / LSTM / GRU classifiers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+# --------------------------------------------------------------------------- output helpers
+
+
+def _stdout():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _say(message: str) -> None:
+    from rich.text import Text
+
+    _stdout().print(Text(message), soft_wrap=True)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    from rich.text import Text
+
+    one_line = " ".join(str(message).split())
+    _stderr().print(Text(f"error: {one_line}", style="bold red"), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _cli_errors() -> Iterator[None]:
+    """Turn rnnguard's own errors (and file-system errors) into ``error: ...`` + exit code 2."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except RnnGuardError as exc:
+        _fail(str(exc) or type(exc).__name__)
+    except OSError as exc:  # missing data files, unwritable output folder, ...
+        text = str(exc)
+        if getattr(exc, "filename", None) and exc.strerror:
+            text = f"{exc.strerror}: {exc.filename}"
+        _fail(text or type(exc).__name__)
+    except KeyboardInterrupt:
+        _stderr().print("interrupted", style="red")
+        raise typer.Exit(130)
+
+
+_USER_THREADS = False  # set when --threads was given
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Temporarily use ``n`` torch threads (``None``: leave as is)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- option parsing
+
+
+def _split_list(values: Sequence[str] | str | None) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (repeatable options that also take comma lists)."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [part.strip() for v in values for part in str(v).split(",") if part.strip()]
+
+
+def parse_domains(values: Sequence[str] | str) -> list[str]:
+    """Domain names from repeated/comma-separated options; ``all`` means box, zonotope, interzono."""
+    from rnnguard.domains import get_domain
+
+    names: list[str] = []
+    for name in _split_list(values):
+        name = name.lower()
+        expanded = list(DOMAIN_ORDER) if name == "all" else [name]
+        for n in expanded:
+            get_domain(n)  # raises UnknownNameError with the known names
+            if n not in names:
+                names.append(n)
+    if not names:
+        raise InvalidInputError("give at least one --domain (box, zonotope, interzono or all)")
+    return names
+
+
+def parse_eps(values: Sequence[str] | str) -> list[float]:
+    out: list[float] = []
+    for part in _split_list(values):
+        try:
+            v = float(part)
+        except ValueError:
+            raise InvalidInputError(f"--eps: {part!r} is not a number") from None
+        if not math.isfinite(v) or v < 0:
+            raise InvalidInputError(f"--eps: {part!r} must be a finite number >= 0")
+        if v not in out:
+            out.append(v)
+    if not out:
+        raise InvalidInputError("give at least one --eps value")
+    return out
+
+
+def parse_frames(text: str):
+    """``all`` | ``one`` | a comma list of positions such as ``0,3,-1`` (negative: from the end)."""
+    from rnnguard.perturbations import AllFrames, Frames, OneFrame
+
+    t = text.strip().lower()
+    if t == "all":
+        return AllFrames()
+    if t == "one":
+        return OneFrame()
+    parts = _split_list(t)
+    try:
+        positions = [int(p) for p in parts]
+    except ValueError:
+        raise InvalidInputError(f"--frames must be 'all', 'one' or a comma list of positions like 0,3,-1; got {text!r}") from None
+    return Frames(positions)
+
+
+def parse_clip(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    parts = _split_list(text)
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise InvalidInputError(f"--clip must be LOW,HIGH (e.g. 0,1); got {text!r}") from None
+    if not lo <= hi:
+        raise InvalidInputError(f"--clip needs LOW <= HIGH; got {text!r}")
+    return lo, hi
+
+
+def parse_dtype(text: str) -> torch.dtype:
+    try:
+        return DTYPES[text.strip().lower()]
+    except KeyError:
+        raise InvalidInputError(f"--dtype must be float64 or float32; got {text!r}") from None
+
+
+def frames_label(frames: Any) -> str:
+    from rnnguard.perturbations import AllFrames, Frames, OneFrame
+
+    if isinstance(frames, AllFrames):
+        return "all"
+    if isinstance(frames, OneFrame):
+        return "one"
+    if isinstance(frames, Frames):
+        return ",".join(str(p) for p in frames.positions)
+    return repr(frames)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def load_inputs_file(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Read a ``torch.save``'d dict ``{"x": (N, T, d) float, "y": (N,) int, "lengths": (N,) int (optional)}``."""
+    expected = "expected a torch.save'd dict with keys 'x' (N, T, d) float, 'y' (N,) int and optional 'lengths' (N,) int"
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InvalidInputError(f"inputs file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable / unsafe pickle
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(f"cannot read inputs file {path} ({first}); {expected}") from None
+    if not isinstance(obj, dict):
+        raise InvalidInputError(f"inputs file {path} holds a {type(obj).__name__}; {expected}")
+    missing = [k for k in ("x", "y") if k not in obj]
+    if missing:
+        raise InvalidInputError(f"inputs file {path} lacks key(s) {', '.join(map(repr, missing))} "
+                                f"(found {sorted(map(str, obj))}); {expected}")
+    x, y, lengths = obj["x"], obj["y"], obj.get("lengths")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 3:
+        what = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InvalidInputError(f"inputs file {path}: 'x' must be a float tensor of shape (N, T, d), got {what}")
+    N = x.shape[0]
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != N or y.is_floating_point() or y.dtype == torch.bool:
+        raise InvalidInputError(f"inputs file {path}: 'y' must be an integer tensor of shape ({N},)")
+    if lengths is not None and (not isinstance(lengths, torch.Tensor) or lengths.shape != (N,) or lengths.is_floating_point()):
+        raise InvalidInputError(f"inputs file {path}: 'lengths' must be an integer tensor of shape ({N},)")
+    return x, y.long(), None if lengths is None else lengths.long()
+
+
+def _check_inputs(config: dict, x: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor) -> None:
+    N, T, d = x.shape
+    if N == 0 or T == 0:
+        raise InvalidInputError(f"no inputs to certify (x has shape {tuple(x.shape)})")
+    if d != config["input_size"]:
+        raise InvalidInputError(f"inputs have {d} features per frame but the model expects {config['input_size']}")
+    if ((y < 0) | (y >= config["num_classes"])).any():
+        raise InvalidInputError(f"labels must lie in [0, {config['num_classes'] - 1}] for this model")
+    if ((lengths < 1) | (lengths > T)).any():
+        raise InvalidInputError(f"lengths must lie in [1, {T}]")
+    if not torch.isfinite(x).all():
+        raise InvalidInputError("inputs contain NaN or infinite values")
+
+
+# --------------------------------------------------------------------------- certification
+
+
+def clean_predictions(model: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype,
+                      chunk: int = 1024) -> torch.Tensor:
+    """Predicted classes computed by the lowered program in ``dtype`` (the certifier's arithmetic)."""
+    from rnnguard.models import lower, run_program
+
+    program = lower(model).to(dtype, x.device)
+    preds = []
+    with torch.no_grad():
+        for s in range(0, x.shape[0], chunk):
+            logits = run_program(program, x[s : s + chunk].to(dtype), lengths[s : s + chunk])
+            preds.append(logits.argmax(dim=1))
+    return torch.cat(preds)
+
+
+def run_certification(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor, *,
+                      eps_list: Sequence[float], domains: Sequence[str], norm: str = "linf", frames: Any = None,
+                      clip: tuple[float, float] | None = None, dtype: torch.dtype = torch.float64,
+                      batch_size: int = 64, show_status: bool = True) -> dict[str, Any]:
+    """Certify every (eps, domain) pair; returns ``{"clean_accuracy", "predictions", "correct", "runs"}``.
+
+    A sample counts as certified only if it is also correctly classified."""
+    from rnnguard.certify import certify
+    from rnnguard.perturbations import AllFrames, LpBall, Perturbation
+
+    frames = frames if frames is not None else AllFrames()
+    perturbations = {e: Perturbation(LpBall(e, norm), frames=frames, clip=clip) for e in eps_list}  # validate first
+    preds = clean_predictions(model, x, lengths, dtype)
+    correct = preds == y
+    n = int(x.shape[0])
+    clean_acc = float(correct.float().mean())
+    runs = []
+    console = _stderr()
+    for e in eps_list:
+        for domain in domains:
+            label = f"certifying {n} samples: {domain}, eps={e:g}, {norm}, frames={frames_label(frames)}"
+            if show_status:
+                with console.status(label):
+                    res = certify(model, x, y, perturbations[e], domain=domain, lengths=lengths, dtype=dtype,
+                                  batch_size=batch_size)
+            else:
+                res = certify(model, x, y, perturbations[e], domain=domain, lengths=lengths, dtype=dtype,
+                              batch_size=batch_size)
+            cert = res.certified & correct
+            n_cert = int(cert.sum())
+            runs.append({
+                "domain": domain, "eps": e, "norm": norm, "frames": frames_label(frames), "clip": clip,
+                "dtype": str(dtype).replace("torch.", ""),
+                "n": n, "n_certified": n_cert, "certified_fraction": n_cert / n,
+                "n_correct": int(correct.sum()), "clean_accuracy": clean_acc,
+                "seconds": res.seconds, "samples_per_second": n / res.seconds if res.seconds > 0 else None,
+                "certified": cert.tolist(),
+                "margin_lower": res.margin_lower.tolist(),
+            })
+    return {"clean_accuracy": clean_acc, "predictions": preds.tolist(), "correct": correct.tolist(), "runs": runs}
+
+
+_SUMMARY_KEYS = ("domain", "eps", "norm", "frames", "dtype", "n", "n_certified", "certified_fraction",
+                 "clean_accuracy", "seconds", "samples_per_second")
+
+
+def summary_rows(runs: Sequence[dict]) -> list[dict]:
+    """Per-run summaries (no per-sample lists), as stored in the JSON outputs."""
+    return [{k: r[k] for k in _SUMMARY_KEYS} for r in runs]
+
+
+def display_rows(runs: Sequence[dict]) -> list[dict]:
+    """The table shown to people: domain, eps, certified %, clean accuracy %, seconds, samples/s."""
+    return [{
+        "domain": r["domain"], "eps": r["eps"],
+        "certified %": round(100 * r["certified_fraction"], 1),
+        "clean acc %": round(100 * r["clean_accuracy"], 1),
+        "seconds": round(r["seconds"], 3),
+        "samples/s": None if r["samples_per_second"] is None else round(r["samples_per_second"], 1),
+    } for r in runs]
+
+
+def _sample_records(y: torch.Tensor, lengths: torch.Tensor, certification: dict, indices: Sequence[int],
+                    sentences: Sequence[Sequence[str]] | None = None) -> list[dict]:
+    out = []
+    for i in range(y.shape[0]):
+        rec = {"index": int(indices[i]), "label": int(y[i]), "prediction": int(certification["predictions"][i]),
+               "correct": bool(certification["correct"][i]), "length": int(lengths[i])}
+        if sentences is not None:
+            rec["sentence"] = " ".join(sentences[i])
+        out.append(rec)
+    return out
+
+
+# --------------------------------------------------------------------------- certify
+
+
+@app.command("certify")
+def certify_cmd(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Model checkpoint written by rnnguard (save_checkpoint / demo).")],
+    eps: Annotated[List[str], typer.Option("--eps", help="Radius per frame; repeat or comma-separate for several (e.g. 0.01,0.03).")],
+    inputs: Annotated[Optional[Path], typer.Option("--inputs", help="torch.save'd dict with x (N,T,d), y (N,), optional lengths (N,).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Certify a dataset split instead: rt, toxic or yelp.")] = None,
+    split: Annotated[str, typer.Option("--split", help="Dataset split: train, val or test.")] = "test",
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N samples.")] = None,
+    max_len: Annotated[Optional[int], typer.Option("--max-len", min=1, help="Truncate dataset texts to N tokens (default: the checkpoint's training max_len, else none).")] = None,
+    norm: Annotated[str, typer.Option("--norm", help="linf or l2 (l2 is over-approximated by its l_inf box).")] = "linf",
+    frames: Annotated[str, typer.Option("--frames", help="all, one, or positions like 0,3,-1.")] = "all",
+    domain: Annotated[List[str], typer.Option("--domain", "-d", help="box, zonotope, interzono or all; repeat or comma-separate.")] = ["interzono"],  # noqa: B006
+    clip: Annotated[Optional[str], typer.Option("--clip", help="Clip perturbed inputs to LOW,HIGH (e.g. 0,1).")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float64 (sound) or float32 (faster, not float-sound).")] = "float64",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Regions propagated at a time.")] = 64,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write summaries and per-sample results to this JSON file.")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Data folder (default: $RNNGUARD_DATA, ../shared/data, user cache).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Dataset split seed (default: the checkpoint's, else 0).")] = None,
+) -> None:
+    """Certify a trained checkpoint on an inputs file or a dataset split."""
+    with _cli_errors():
+        from rnnguard.checkpoints import load_checkpoint
+        from rnnguard.reports import print_summary, write_json
+
+        # cheap checks first
+        eps_list = parse_eps(eps)
+        domains = parse_domains(domain)
+        frame_sel = parse_frames(frames)
+        clip_box = parse_clip(clip)
+        torch_dtype = parse_dtype(dtype)
+        norm = norm.strip().lower()
+        if norm not in ("linf", "l2"):
+            raise InvalidInputError(f"--norm must be linf or l2; got {norm!r}")
+        if (inputs is None) == (dataset is None):
+            raise InvalidInputError("give exactly one of --inputs FILE or --dataset rt|toxic|yelp")
+        if split not in ("train", "val", "test"):
+            raise InvalidInputError(f"--split must be train, val or test; got {split!r}")
+
+        model, extra = load_checkpoint(checkpoint)
+        config = model.config()
+        data_info = extra.get("data") if isinstance(extra.get("data"), dict) else {}
+        sentences = None
+        if inputs is not None:
+            x, y, lengths = load_inputs_file(inputs)
+            source: dict[str, Any] = {"inputs": str(inputs)}
+        else:
+            from rnnguard.data import load_text_splits
+
+            name = dataset.strip().lower()
+            if max_len is None:
+                max_len = data_info.get("max_len") if data_info.get("dataset") == name else None
+            split_seed = seed if seed is not None else int(data_info.get("seed", 0) or 0)
+            data = load_text_splits(name, root=data_root, max_len=max_len, seed=split_seed)
+            part = data[split]
+            x, y, lengths, sentences = part.x, part.y, part.lengths, part.sentences
+            source = {"dataset": name, "split": split, "max_len": max_len, "seed": split_seed,
+                      "glove": data.glove_source, "split_size": len(part)}
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        total = int(x.shape[0])
+        if limit is not None:
+            x, y, lengths = x[:limit], y[:limit], lengths[:limit]
+            sentences = sentences[:limit] if sentences is not None else None
+        _check_inputs(config, x, y, lengths)
+
+        where = source.get("inputs") or f"{source['dataset']} {split} split"
+        _say(f"model: {config['kind']} hidden {config['hidden_size']}, {config['num_layers']} layer(s), "
+             f"{config['num_classes']} classes ({checkpoint})")
+        _say(f"inputs: {x.shape[0]} of {total} samples from {where}, up to {x.shape[1]} frames of {x.shape[2]} features")
+        cert = run_certification(model, x, y, lengths, eps_list=eps_list, domains=domains, norm=norm,
+                                 frames=frame_sel, clip=clip_box, dtype=torch_dtype, batch_size=batch_size)
+        title = (f"certified robustness: {norm} eps per frame, frames={frames_label(frame_sel)}, "
+                 f"{str(torch_dtype).replace('torch.', '')}, n={x.shape[0]}")
+        print_summary(display_rows(cert["runs"]), title=title, console=_stdout())
+        _say("certified % counts samples that are correctly classified and proven robust.")
+        if json_out is not None:
+            report = {
+                "rnnguard_version": __version__, "command": "certify",
+                "checkpoint": str(checkpoint), "model": config,
+                "source": {**source, "limit": limit, "n": int(x.shape[0])},
+                "threat": {"norm": norm, "frames": frames_label(frame_sel), "clip": clip_box, "eps": eps_list},
+                "dtype": str(torch_dtype).replace("torch.", ""), "batch_size": batch_size,
+                "clean_accuracy": cert["clean_accuracy"],
+                "summary": summary_rows(cert["runs"]),
+                "samples": _sample_records(y, lengths, cert, list(range(x.shape[0])), sentences),
+                "results": cert["runs"],
+            }
+            write_json(json_out, report)
+            _say(f"wrote {json_out}")
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+def demo_cmd(
+    dataset: Annotated[str, typer.Option("--dataset", help="rt, toxic or yelp.")] = "rt",
+    model_kind: Annotated[str, typer.Option("--model", help="rnn, rnn_relu, lstm or gru.")] = "lstm",
+    hidden: Annotated[int, typer.Option("--hidden", min=1, help="Hidden size.")] = 32,
+    epochs: Annotated[int, typer.Option("--epochs", min=0, help="Training epochs.")] = 3,
+    max_len: Annotated[int, typer.Option("--max-len", min=1, help="Keep the first N tokens of each text.")] = 20,
+    n_certify: Annotated[int, typer.Option("--n-certify", min=1, help="Certify the first N test texts.")] = 100,
+    eps: Annotated[str, typer.Option("--eps", help="Comma list of radii (raw GloVe units, l_inf, every frame).")] = "0.01,0.03",
+    domain: Annotated[str, typer.Option("--domain", help="Comma list of domains.")] = "box,zonotope,interzono",
+    out: Annotated[Path, typer.Option("--out", help="Output folder (checkpoints, demo.json, demo.md).")] = Path("runs/demo"),
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Data folder (default: $RNNGUARD_DATA, ../shared/data, user cache).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the initialisation and the shuffling.")] = 0,
+    train_limit: Annotated[Optional[int], typer.Option("--train-limit", min=1, help="Train on the first N training texts only.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 2e-3,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an existing checkpoint in --out and retrain.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Train a small model on a text dataset with GloVe 50d, then certify test sentences with every domain."""
+    with _cli_errors():
+        _demo(dataset=dataset, model_kind=model_kind, hidden=hidden, epochs=epochs, max_len=max_len,
+              n_certify=n_certify, eps=eps, domain=domain, out=out, data_root=data_root, seed=seed,
+              train_limit=train_limit, batch_size=batch_size, lr=lr, fresh=fresh, progress=progress)
+
+
+def _demo(*, dataset: str, model_kind: str, hidden: int, epochs: int, max_len: int, n_certify: int, eps: str,
+          domain: str, out: Path, data_root: Path | None, seed: int, train_limit: int | None, batch_size: int,
+          lr: float, fresh: bool, progress: bool) -> None:
+    from rnnguard.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
+    from rnnguard.data import load_text_splits
+    from rnnguard.models import SequenceClassifier
+    from rnnguard.reports import print_summary, summary_table, write_json, write_text_atomic
+    from rnnguard.train import CHECKPOINT_NAME, METRICS_NAME, evaluate, fit
+
+    t_start = time.perf_counter()
+    eps_list = parse_eps(eps)
+    domains = parse_domains(domain)
+    name = dataset.strip().lower()
+    kind = model_kind.strip().lower()
+    if kind not in ("rnn", "rnn_relu", "lstm", "gru"):
+        raise InvalidInputError(f"--model must be rnn, rnn_relu, lstm or gru; got {model_kind!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise InvalidInputError(f"--lr must be a positive number; got {lr!r}")
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    _say(f"rnnguard demo: {kind.upper()} (hidden {hidden}) on {name} with GloVe 50d, texts cut to their first "
+         f"{max_len} tokens; output in {out}")
+    data = load_text_splits(name, root=data_root, max_len=max_len, seed=seed)
+    train, val, test = data["train"], data["val"], data["test"]
+    _say(f"data: {len(train)} train / {len(val)} val / {len(test)} test texts (seed {seed}); GloVe {data.glove_source}; "
+         f"{data.n_oov_types} of {data.n_types} word types are out of vocabulary")
+    n_train_total = len(train)
+    x_tr, y_tr, l_tr = train.x, train.y, train.lengths
+    if train_limit is not None and train_limit < n_train_total:
+        x_tr, y_tr, l_tr = x_tr[:train_limit], y_tr[:train_limit], l_tr[:train_limit]
+        _say(f"training on a subset: the first {train_limit} of {n_train_total} training texts (--train-limit)")
+    n_train = int(x_tr.shape[0])
+    num_classes = int(max(int(y_tr.max()), int(val.y.max()) if len(val) else 0, int(test.y.max())) + 1)
+    num_classes = max(num_classes, 2)
+
+    torch.manual_seed(seed)
+    model = SequenceClassifier(kind, data.dim, hidden, num_classes)
+    ckpt = out / CHECKPOINT_NAME
+    done = 0
+    if ckpt.exists() and not fresh:
+        try:
+            done = int(read_checkpoint(ckpt)["extra"]["training"]["epoch"])
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            done = 0  # fit() reports what is wrong with it
+    _say(f"training: {_plural(epochs, 'epoch')} of Adam (lr {lr:g}, batch {batch_size}) on {n_train} texts, "
+         f"checkpoint after every epoch in {out}")
+    try:
+        # a small recurrent model trains no faster on several threads, and OpenMP spin-waiting makes it
+        # far slower on a busy machine: one thread unless --threads was given
+        with _threads(None if _USER_THREADS else 1):
+            history = fit(model, x_tr, y_tr, l_tr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                          checkpoint_dir=out, resume=not fresh, progress=progress, val=val)
+    except CheckpointError as exc:
+        text = str(exc).replace("use another checkpoint folder or start over with resume=False",
+                                "pass --fresh to retrain, or choose another --out")
+        raise CheckpointError(text) from None
+    reused = 0 < done == epochs
+    if reused:
+        _say(f"training: reused the finished checkpoint {ckpt} (pass --fresh to retrain)")
+    elif 0 < done < epochs:
+        _say(f"training: resumed {ckpt} after epoch {done}")
+    test_metrics = evaluate(model, test.x, test.y, test.lengths)
+    test_acc = test_metrics["accuracy"]
+    if history:
+        last = history[-1]
+        _say(f"trained {_plural(len(history), 'epoch')}: train loss {last['train_loss']:.4f}"
+             + (f", val accuracy {100 * last['val_acc']:.1f}%" if "val_acc" in last else ""))
+    _say(f"clean test accuracy: {100 * test_acc:.1f}% on all {len(test)} test texts")
+
+    data_info = {"dataset": name, "max_len": max_len, "seed": seed, "dim": data.dim, "glove": data.glove_source}
+    model_path = save_checkpoint(model, out / "model.pt", extra={
+        "data": data_info, "history": history, "test_accuracy": test_acc,
+        "train_settings": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "n_train": n_train},
+    })
+
+    n = min(n_certify, len(test))
+    x, y, lengths, sentences = test.x[:n], test.y[:n], test.lengths[:n], test.sentences[:n]
+    _say(f"certifying the first {n} test texts (mean length {float(lengths.float().mean()):.1f} tokens): "
+         f"l_inf ball of radius eps on every word embedding at once, domains {', '.join(domains)}, "
+         f"eps {', '.join(f'{e:g}' for e in eps_list)}, float64")
+    cert = run_certification(model, x, y, lengths, eps_list=eps_list, domains=domains, norm="linf",
+                             frames=None, dtype=torch.float64, batch_size=64, show_status=progress)
+    rows = display_rows(cert["runs"])
+    print_summary(rows, title=f"{name} test, first {n} texts: certified % (correct and proven robust)",
+                  console=_stdout())
+    seconds = time.perf_counter() - t_start
+
+    settings = {"dataset": name, "model": kind, "hidden": hidden, "epochs": epochs, "max_len": max_len,
+                "n_certify": n_certify, "eps": eps_list, "domains": domains, "seed": seed,
+                "train_limit": train_limit, "batch_size": batch_size, "lr": lr}
+    report = {
+        "rnnguard_version": __version__, "command": "demo", "settings": settings,
+        "data": {"glove": data.glove_source, "counts": dict(data.counts), "n_train_used": n_train,
+                 "n_types": data.n_types, "n_oov_types": data.n_oov_types, "n_empty_dropped": data.n_empty_dropped},
+        "model": model.config(), "checkpoint": str(model_path),
+        "training": {"reused_checkpoint": reused, "history": history},
+        "clean_test_accuracy": test_acc, "clean_test_loss": test_metrics["loss"],
+        "certification": {
+            "n": n, "norm": "linf", "frames": "all", "dtype": "float64",
+            "clean_accuracy": cert["clean_accuracy"],
+            "summary": summary_rows(cert["runs"]),
+            "samples": _sample_records(y, lengths, cert, list(range(n)), sentences),
+            "results": cert["runs"],
+        },
+        "seconds": seconds,
+    }
+    json_path = write_json(out / "demo.json", report)
+    md = [
+        f"# rnnguard demo: {kind.upper()} on {name}",
+        "",
+        f"* data: {name} ({len(train)} train / {len(val)} val / {len(test)} test texts, split seed {seed}), "
+        f"GloVe 50d raw vectors, texts cut to {max_len} tokens"
+        + (f"; trained on the first {n_train} training texts only" if n_train < n_train_total else ""),
+        f"* model: {kind.upper()}, hidden {hidden}, {num_classes} classes; {_plural(epochs, 'epoch')} of Adam (lr {lr:g}, "
+        f"batch {batch_size}, gradient clipping 5.0), seed {seed}",
+        f"* clean test accuracy: {100 * test_acc:.1f}% (all {len(test)} test texts)",
+        f"* certification: first {n} test texts; l_inf ball of radius eps (raw GloVe units) around every word "
+        "embedding at once; float64; a text counts as certified only if it is correctly classified and every "
+        "margin is proven positive",
+        "",
+        "## Training",
+        "",
+        summary_table([{k: v for k, v in h.items()} for h in history]) if history else "(no epochs)\n",
+        "## Certification",
+        "",
+        summary_table(rows),
+        f"Model checkpoint: `{model_path}`. Re-certify with, e.g., "
+        f"`rnnguard certify --checkpoint {model_path} --dataset {name} --limit {n} --eps {eps_list[0]:g} "
+        f"--domain {','.join(domains)}`.",
+        "",
+    ]
+    md_path = write_text_atomic(out / "demo.md", "\n".join(md))
+    _say(f"wrote {json_path}, {md_path}, {model_path} (training state: {ckpt}, {out / METRICS_NAME})")
+    _say(f"done in {seconds:.1f} s")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"rnnguard {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_version_callback)] = False,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, help="CPU threads for torch (default: torch's choice). On a busy machine use 1, or set "
+                                 "OMP_WAIT_POLICY=PASSIVE, to avoid OpenMP spin contention.")] = None,
+) -> None:
+    """Sound robustness certification for RNN / LSTM / GRU classifiers."""
+    global _USER_THREADS
+    _USER_THREADS = threads is not None
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (``rnnguard``)."""
+    app(args=list(argv) if argv is not None else None, prog_name="rnnguard")
+
+
+if __name__ == "__main__":
+    main()

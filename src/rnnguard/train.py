@@ -1,0 +1,344 @@
+"""A small, deterministic and resumable training loop for sequence classifiers.
+
+:func:`fit` trains with Adam on mini-batches drawn by a seeded :class:`torch.Generator`, clips
+gradients, and (with ``checkpoint_dir``) saves after every epoch, atomically, everything needed
+to continue bit-for-bit: model, optimizer, the shuffling generator, the global torch RNG and the
+metrics so far.  Re-running the same call after an interruption continues from the last
+completed epoch and ends in the same state as an uninterrupted run.
+
+The loss is pluggable: ``objective(model, x, y, lengths, *, epoch)`` returns a scalar loss, or
+``(loss, logits)`` so that the loop can also report training accuracy.  The default,
+:func:`clean_cross_entropy`, is regular training; certified-training objectives can be passed
+the same way (``epoch`` lets them follow a schedule, e.g. a growing eps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnguard.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
+from rnnguard.errors import InvalidInputError
+from rnnguard.models import SequenceClassifier
+from rnnguard.reports import write_text_atomic
+
+__all__ = ["Objective", "clean_cross_entropy", "evaluate", "fit", "CHECKPOINT_NAME", "METRICS_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+TRAIN_STATE_FORMAT = "rnnguard-train-state"
+
+ObjectiveOutput = Union[Tensor, tuple[Tensor, Tensor]]
+
+
+class Objective(Protocol):
+    """A training loss: ``loss`` or ``(loss, logits)`` for one mini-batch."""
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, lengths: Tensor, *, epoch: int) -> ObjectiveOutput: ...
+
+
+def clean_cross_entropy(model: nn.Module, x: Tensor, y: Tensor, lengths: Tensor, *, epoch: int = 0) -> tuple[Tensor, Tensor]:
+    """Regular training: mean cross-entropy of the clean logits (returns ``(loss, logits)``)."""
+    logits = model(x, lengths)
+    return F.cross_entropy(logits, y), logits
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _check_data(x: Any, y: Any, lengths: Any, what: str) -> tuple[Tensor, Tensor, Tensor]:
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 3:
+        raise InvalidInputError(f"{what}: x must be a floating-point tensor of shape (N, T, d)")
+    N, T, _ = x.shape
+    if N == 0 or T == 0:
+        raise InvalidInputError(f"{what}: x is empty (shape {tuple(x.shape)})")
+    if not isinstance(y, Tensor) or y.shape != (N,) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise InvalidInputError(f"{what}: y must be an integer tensor of shape ({N},)")
+    if lengths is None:
+        lengths = torch.full((N,), T, dtype=torch.long)
+    if not isinstance(lengths, Tensor) or lengths.shape != (N,) or lengths.is_floating_point():
+        raise InvalidInputError(f"{what}: lengths must be an integer tensor of shape ({N},)")
+    if ((lengths < 1) | (lengths > T)).any():
+        raise InvalidInputError(f"{what}: lengths must lie in [1, {T}]")
+    return x, y.long(), lengths.long()
+
+
+def _unpack_val(val: Any) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``val`` is ``None``, an object with ``x``/``y``/``lengths`` (e.g. a TensorSplit) or a tuple
+    ``(x, y)`` / ``(x, y, lengths)``."""
+    if val is None:
+        return None
+    if all(hasattr(val, a) for a in ("x", "y")):
+        return _check_data(val.x, val.y, getattr(val, "lengths", None), "val")
+    if isinstance(val, (tuple, list)) and len(val) in (2, 3):
+        return _check_data(val[0], val[1], val[2] if len(val) == 3 else None, "val")
+    raise InvalidInputError("val must be None, (x, y), (x, y, lengths) or an object with .x, .y, .lengths")
+
+
+def _fingerprint(x: Tensor, y: Tensor, lengths: Tensor) -> str:
+    """A cheap digest of the training data, to refuse resuming on different data."""
+    h = hashlib.sha256()
+    for t in (x, y, lengths):
+        t = t.detach().cpu().contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.flatten().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _labels_fit(model: nn.Module, y: Tensor, what: str) -> None:
+    head = getattr(model, "head", None)
+    C = getattr(head, "out_features", None)
+    if isinstance(C, int) and ((y < 0) | (y >= C)).any():
+        raise InvalidInputError(f"{what}: labels must lie in [0, {C - 1}] for a model with {C} classes")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, lengths: Tensor | None = None, *, batch_size: int = 256) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode, no gradients)."""
+    x, y, lengths = _check_data(x, y, lengths, "evaluate")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    try:
+        for s in range(0, x.shape[0], batch_size):
+            xb = x[s : s + batch_size].to(device=device, dtype=dtype)
+            yb = y[s : s + batch_size].to(device)
+            logits = model(xb, lengths[s : s + batch_size].to(device))
+            total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == yb).sum())
+    finally:
+        model.train(was_training)
+    n = x.shape[0]
+    return {"loss": total_loss / n, "accuracy": correct / n}
+
+
+# --------------------------------------------------------------------------- checkpoint I/O
+
+
+def _write_metrics(path: Path, history: Sequence[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(row, sort_keys=False) + "\n" for row in history))
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, sort_keys=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=False,
+    )
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def fit(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    lengths: Tensor | None = None,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    val: Any = None,
+    objective: Objective | Callable[..., ObjectiveOutput] | None = None,
+    grad_clip: float | None = 5.0,
+    weight_decay: float = 0.0,
+) -> list[dict]:
+    """Train ``model`` on ``x (N, T, d)``, ``y (N,)``, ``lengths (N,)`` for ``epochs`` epochs; returns
+    one metrics dict per epoch (``epoch`` 1-based, ``train_loss``, ``train_acc``, ``val_loss``,
+    ``val_acc`` when ``val`` is given, ``seconds``).
+
+    * Adam(``lr``, ``weight_decay``); gradient norm clipped to ``grad_clip`` (``None``: no clipping).
+    * Each epoch visits a fresh permutation from ``torch.Generator().manual_seed(seed)``; the last
+      batch may be smaller.  The model is trained in place (on its own device and dtype).
+    * ``checkpoint_dir``: after every epoch ``checkpoint.pt`` (an rnnguard checkpoint, loadable with
+      :func:`~rnnguard.checkpoints.load_checkpoint`, whose ``extra["training"]`` holds the optimizer
+      and RNG states) is replaced atomically and a line is appended to ``metrics.jsonl``.
+      With ``resume=True`` an existing checkpoint is continued (it must come from the same model
+      architecture, data, batch size, lr and seed; ``epochs`` may grow); ``resume=False`` starts over.
+      Checkpointing needs a :class:`~rnnguard.models.SequenceClassifier`.
+    * ``objective(model, x, y, lengths, *, epoch)`` returns the loss or ``(loss, logits)``; default
+      :func:`clean_cross_entropy`.
+    """
+    x, y, lengths = _check_data(x, y, lengths, "fit")
+    val_data = _unpack_val(val)
+    _labels_fit(model, y, "fit")
+    if val_data is not None:
+        _labels_fit(model, val_data[1], "val")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        raise InvalidInputError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise InvalidInputError(f"lr must be a finite number > 0, got {lr!r}")
+    if grad_clip is not None and not (grad_clip > 0):
+        raise InvalidInputError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InvalidInputError("model has no trainable parameters")
+    objective = objective or clean_cross_entropy
+    device, dtype = params[0].device, params[0].dtype
+
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(int(seed))
+    N = x.shape[0]
+    settings = {
+        "batch_size": batch_size, "lr": float(lr), "seed": int(seed), "weight_decay": float(weight_decay),
+        "grad_clip": None if grad_clip is None else float(grad_clip), "data_shape": list(x.shape),
+        "data": _fingerprint(x, y, lengths),
+        "objective": getattr(objective, "__qualname__", type(objective).__name__),
+    }
+    history: list[dict] = []
+    start_epoch = 0
+
+    ckpt_path = metrics_path = None
+    if checkpoint_dir is not None:
+        if not isinstance(model, SequenceClassifier):
+            raise InvalidInputError(
+                f"checkpointing needs an rnnguard.SequenceClassifier, got {type(model).__name__} "
+                "(pass checkpoint_dir=None to train without checkpoints)")
+        folder = Path(checkpoint_dir).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        ckpt_path, metrics_path = folder / CHECKPOINT_NAME, folder / METRICS_NAME
+        if resume and ckpt_path.exists():
+            start_epoch, history = _restore(ckpt_path, model, optimizer, generator, settings, epochs)
+            _write_metrics(metrics_path, history)  # the checkpoint is the source of truth
+        else:
+            _write_metrics(metrics_path, [])
+
+    bar = _progress(progress and start_epoch < epochs)
+    task = None
+    if bar is not None:
+        bar.start()
+        n_batches = math.ceil(N / batch_size)
+        task = bar.add_task(f"epoch {start_epoch + 1}/{epochs}", total=n_batches * (epochs - start_epoch), info="")
+    try:
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            model.train()
+            perm = torch.randperm(N, generator=generator)
+            sum_loss, n_seen, n_correct, n_scored = 0.0, 0, 0, 0
+            for s in range(0, N, batch_size):
+                idx = perm[s : s + batch_size]
+                xb = x[idx].to(device=device, dtype=dtype)
+                yb = y[idx].to(device)
+                lb = lengths[idx].to(device)
+                out = objective(model, xb, yb, lb, epoch=epoch)
+                loss, logits = (out if isinstance(out, tuple) else (out, None))
+                if not isinstance(loss, Tensor) or loss.dim() != 0:
+                    raise InvalidInputError("objective must return a scalar loss tensor (or (loss, logits))")
+                if not torch.isfinite(loss):
+                    raise InvalidInputError(
+                        f"training diverged: non-finite loss {float(loss)} in epoch {epoch + 1} (try a smaller lr)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                optimizer.step()
+                b = idx.shape[0]
+                sum_loss += float(loss.detach()) * b
+                n_seen += b
+                if logits is not None:
+                    n_correct += int((logits.detach().argmax(dim=1) == yb).sum())
+                    n_scored += b
+                if bar is not None:
+                    bar.update(task, advance=1, description=f"epoch {epoch + 1}/{epochs}",
+                               info=f"loss {sum_loss / n_seen:.4f}")
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": sum_loss / n_seen}
+            row["train_acc"] = n_correct / n_scored if n_scored else None
+            if val_data is not None:
+                ev = evaluate(model, *val_data)
+                row["val_loss"], row["val_acc"] = ev["loss"], ev["accuracy"]
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            if ckpt_path is not None:
+                _save(ckpt_path, model, optimizer, generator, settings, epoch + 1, epochs, history)
+                _append_metrics(metrics_path, row)
+            if bar is not None:
+                msg = f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}"
+                if row["train_acc"] is not None:
+                    msg += f", train acc {100 * row['train_acc']:.1f}%"
+                if "val_acc" in row:
+                    msg += f", val acc {100 * row['val_acc']:.1f}%"
+                bar.console.print(msg)
+    finally:
+        if bar is not None:
+            bar.stop()
+    model.eval()
+    return history
+
+
+def _save(path: Path, model: SequenceClassifier, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+          settings: dict, epoch: int, epochs: int, history: list[dict]) -> None:
+    training = {
+        "format": TRAIN_STATE_FORMAT,
+        "epoch": epoch,
+        "epochs_requested": epochs,
+        "settings": settings,
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+    }
+    save_checkpoint(model, path, extra={"training": training})
+
+
+def _restore(path: Path, model: SequenceClassifier, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+             settings: dict, epochs: int) -> tuple[int, list[dict]]:
+    payload = read_checkpoint(path)
+    training = payload["extra"].get("training")
+    if not isinstance(training, dict) or training.get("format") != TRAIN_STATE_FORMAT:
+        raise CheckpointError(f"{path} holds no training state; use another checkpoint folder or start over with resume=False")
+    if payload["config"] != model.config():
+        raise CheckpointError(
+            f"{path} was trained with model {payload['config']}, not {model.config()}; "
+            "use another checkpoint folder or start over with resume=False")
+    saved = training.get("settings", {})
+    diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+    if diff:
+        detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(f"cannot resume from {path}: training settings differ ({detail}); "
+                              "use another checkpoint folder or start over with resume=False")
+    done = int(training["epoch"])
+    if done > epochs:
+        raise CheckpointError(f"{path} already holds {done} epochs, more than the {epochs} requested; "
+                              "use another checkpoint folder or start over with resume=False")
+    try:
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(training["optimizer"])
+        generator.set_state(training["generator"])
+        torch.set_rng_state(training["torch_rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot restore the training state ({exc})") from None
+    history = list(training.get("history", []))[:done]
+    return done, history
