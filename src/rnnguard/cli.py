@@ -1,4 +1,4 @@
-"""The ``rnnguard`` command line: ``rnnguard certify`` and ``rnnguard demo``.
+"""The ``rnnguard`` command line: ``rnnguard certify``, ``train``, ``evaluate`` and ``demo``.
 
 Errors that rnnguard raises on purpose (bad inputs, missing data, corrupt checkpoints, ...) are
 printed as a single red ``error: ...`` line on stderr with exit code 2, never as a traceback.
@@ -424,6 +424,412 @@ def certify_cmd(
             }
             write_json(json_out, report)
             _say(f"wrote {json_out}")
+
+
+# --------------------------------------------------------------------------- train
+
+MODEL_KINDS = ("rnn", "rnn_relu", "lstm", "gru")
+
+
+def _read_done_epochs(ckpt: Path) -> int:
+    """Completed epochs in a training checkpoint (0 when absent or unreadable: fit() reports why)."""
+    from rnnguard.checkpoints import CheckpointError, read_checkpoint
+
+    if not ckpt.exists():
+        return 0
+    try:
+        return int(read_checkpoint(ckpt)["extra"]["training"]["epoch"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return 0
+
+
+def _history_rows(history: Sequence[dict]) -> list[dict]:
+    """Per-epoch metrics as shown to people (accuracies in %)."""
+    rows = []
+    for h in history:
+        row: dict[str, Any] = {"epoch": h.get("epoch"), "train loss": h.get("train_loss")}
+        if h.get("train_acc") is not None:
+            row["train acc %"] = 100 * h["train_acc"]
+        if "val_loss" in h:
+            row["val loss"] = h["val_loss"]
+            row["val acc %"] = 100 * h["val_acc"]
+        for key in ("eps", "kappa"):
+            if key in h:
+                row[key] = h[key]
+        row["seconds"] = None if h.get("seconds") is None else round(float(h["seconds"]), 2)
+        rows.append(row)
+    return rows
+
+
+@app.command("train")
+def train_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint.pt (resumable), metrics.jsonl, model.pt, train.json.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="rt, toxic or yelp.")] = "rt",
+    model_kind: Annotated[str, typer.Option("--model", help="rnn, rnn_relu, lstm or gru.")] = "lstm",
+    hidden: Annotated[int, typer.Option("--hidden", min=1, help="Hidden size.")] = 32,
+    layers: Annotated[int, typer.Option("--layers", min=1, help="Stacked recurrent layers.")] = 1,
+    method: Annotated[str, typer.Option("--method", help="regular, fgsm, pgd, ibp (box), certrnn (zonotope, one frame) "
+                                                         "or rnnguard (interzono, all frames).")] = "rnnguard",
+    eps: Annotated[float, typer.Option("--eps", help="Target training radius (l_inf per frame, raw GloVe units).")] = 0.03,
+    epochs: Annotated[int, typer.Option("--epochs", min=0, help="Training epochs. A later run with more epochs resumes, if the schedule is unchanged: the default --ramp depends on --epochs, so give --ramp explicitly to extend a certified run.")] = 5,
+    warmup: Annotated[float, typer.Option("--warmup", help="Epochs of clean training before eps starts to grow.")] = 0.0,
+    ramp: Annotated[Optional[float], typer.Option("--ramp", help="Epochs over which eps grows 0 -> --eps and kappa 1 -> "
+                                                             "--kappa (default: half of the epochs after warmup).")] = None,
+    kappa: Annotated[float, typer.Option("--kappa", help="Final weight of the clean loss in certified training (0..1).")] = 0.5,
+    max_len: Annotated[int, typer.Option("--max-len", min=1, help="Keep the first N tokens of each text.")] = 20,
+    train_limit: Annotated[Optional[int], typer.Option("--train-limit", min=1, help="Train on the first N training texts only.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the initialisation and the shuffling.")] = 0,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an existing checkpoint in --out and start over.")] = False,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Data folder (default: $RNNGUARD_DATA, ../shared/data, user cache).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Train a classifier on a text dataset (GloVe 50d) with a regular, adversarial or certified method.
+
+    Saves a resumable checkpoint after every epoch: rerunning the same command after an interruption continues where it stopped (and is a no-op once finished). Writes OUT/model.pt, which rnnguard certify and rnnguard evaluate read."""
+    with _cli_errors():
+        _train(out=out, dataset=dataset, model_kind=model_kind, hidden=hidden, layers=layers, method=method, eps=eps,
+               epochs=epochs, warmup=warmup, ramp=ramp, kappa=kappa, max_len=max_len, train_limit=train_limit,
+               batch_size=batch_size, lr=lr, seed=seed, fresh=fresh, data_root=data_root, progress=progress)
+
+
+def _train(*, out: Path, dataset: str, model_kind: str, hidden: int, layers: int, method: str, eps: float,
+           epochs: int, warmup: float, ramp: float | None, kappa: float, max_len: int, train_limit: int | None,
+           batch_size: int, lr: float, seed: int, fresh: bool, data_root: Path | None, progress: bool) -> None:
+    from rnnguard.checkpoints import CheckpointError, save_checkpoint
+    from rnnguard.data import load_text_splits
+    from rnnguard.models import SequenceClassifier
+    from rnnguard.objectives import METHODS, make_objective
+    from rnnguard.reports import write_json
+    from rnnguard.train import CHECKPOINT_NAME, METRICS_NAME, describe_objective, evaluate, fit
+
+    t_start = time.perf_counter()
+    name = dataset.strip().lower()
+    kind = model_kind.strip().lower()
+    method = method.strip().lower()
+    if kind not in MODEL_KINDS:
+        raise InvalidInputError(f"--model must be one of {', '.join(MODEL_KINDS)}; got {model_kind!r}")
+    if method not in METHODS:
+        raise InvalidInputError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise InvalidInputError(f"--eps must be a finite number >= 0; got {eps!r}")
+    if not (math.isfinite(warmup) and warmup >= 0):
+        raise InvalidInputError(f"--warmup must be a finite number of epochs >= 0; got {warmup!r}")
+    if ramp is not None and not (math.isfinite(ramp) and ramp > 0):
+        raise InvalidInputError(f"--ramp must be a positive number of epochs; got {ramp!r}")
+    if not (math.isfinite(kappa) and 0 <= kappa <= 1):
+        raise InvalidInputError(f"--kappa must lie in [0, 1]; got {kappa!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise InvalidInputError(f"--lr must be a positive number; got {lr!r}")
+    if method != "regular" and eps == 0:
+        _say(f"note: --eps 0 makes --method {method} plain clean training")
+
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_text_splits(name, root=data_root, max_len=max_len, seed=seed)
+    train, val, test = data["train"], data["val"], data["test"]
+    n_train_total = len(train)
+    x_tr, y_tr, l_tr = train.x, train.y, train.lengths
+    if train_limit is not None and train_limit < n_train_total:
+        x_tr, y_tr, l_tr = x_tr[:train_limit], y_tr[:train_limit], l_tr[:train_limit]
+    n_train = int(x_tr.shape[0])
+    _say(f"data: {name}, {len(train)} train / {len(val)} val / {len(test)} test texts (split seed {seed}), "
+         f"texts cut to {max_len} tokens, GloVe {data.glove_source}"
+         + (f"; training on the first {n_train} training texts (--train-limit)" if n_train < n_train_total else ""))
+    num_classes = max(2, int(max(int(y_tr.max()), int(val.y.max()) if len(val) else 0,
+                                 int(test.y.max()) if len(test) else 0)) + 1)
+
+    torch.manual_seed(seed)
+    model = SequenceClassifier(kind, data.dim, hidden, num_classes, num_layers=layers)
+    objective = make_objective(method, eps, epochs=epochs, warmup=warmup, ramp=ramp, kappa_final=kappa)
+    ramp_used = ramp if ramp is not None else max((epochs - warmup) / 2, 1e-9)
+    schedule = "" if method == "regular" else (
+        f", eps 0 -> {eps:g} over epochs {warmup:g}..{warmup + ramp_used:g}"
+        + (f", kappa 1 -> {kappa:g}" if method in ("ibp", "certrnn", "rnnguard") else ""))
+    _say(f"model: {kind.upper()}, hidden {hidden}, {_plural(layers, 'layer')}, {num_classes} classes; "
+         f"method {method}{schedule}")
+
+    ckpt = out / CHECKPOINT_NAME
+    done = 0 if fresh else _read_done_epochs(ckpt)
+    if done >= epochs and done > 0:
+        _say(f"training: {ckpt} already holds {_plural(done, 'epoch')}: nothing to train (pass --fresh to retrain)")
+    elif done > 0:
+        _say(f"training: resuming {ckpt} after epoch {done} of {epochs}")
+    else:
+        _say(f"training: {_plural(epochs, 'epoch')} of Adam (lr {lr:g}, batch {batch_size}) on {n_train} texts, "
+             f"checkpoint after every epoch in {out}")
+    try:
+        with _threads(None if _USER_THREADS else 1):
+            history = fit(model, x_tr, y_tr, l_tr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                          checkpoint_dir=out, resume=not fresh, progress=progress, val=val if len(val) else None,
+                          objective=objective, fractional_epochs=True)
+    except CheckpointError as exc:
+        text = str(exc).replace("use another checkpoint folder or start over with resume=False",
+                                "pass --fresh to retrain, or choose another --out")
+        raise CheckpointError(text) from None
+    trained_now = history[done:] if done < len(history) else []
+
+    if history:
+        _print_table(_history_rows(history), f"{method} training on {name}: per-epoch metrics")
+    with _threads(None if _USER_THREADS else 1):
+        val_metrics = evaluate(model, val.x, val.y, val.lengths) if len(val) else None
+        test_metrics = evaluate(model, test.x, test.y, test.lengths) if len(test) else None
+    seconds = [float(h["seconds"]) for h in history if h.get("seconds") is not None]
+    sec_per_epoch = sum(seconds) / len(seconds) if seconds else None
+    accs = []
+    if val_metrics is not None:
+        accs.append(f"val {100 * val_metrics['accuracy']:.1f}% ({len(val)} texts)")
+    if test_metrics is not None:
+        accs.append(f"test {100 * test_metrics['accuracy']:.1f}% ({len(test)} texts)")
+    _say("clean accuracy: " + ", ".join(accs) if accs else "clean accuracy: no val/test texts")
+    if sec_per_epoch is not None:
+        _say(f"time: {sec_per_epoch:.2f} s per epoch (mean over {_plural(len(seconds), 'epoch')}; "
+             f"{_plural(len(trained_now), 'epoch')} trained in this run)")
+
+    training = {
+        "method": method, "eps": eps, "epochs": epochs, "warmup": warmup, "ramp": ramp, "ramp_epochs": ramp_used,
+        "kappa": kappa, "batch_size": batch_size, "lr": lr, "seed": seed, "grad_clip": 5.0,
+        "n_train": n_train, "train_limit": train_limit, "objective": describe_objective(objective),
+        "model": {"kind": kind, "hidden": hidden, "layers": layers},
+        "epochs_done": len(history), "seconds_per_epoch": sec_per_epoch,
+    }
+    data_info = {"dataset": name, "max_len": max_len, "seed": seed, "dim": data.dim, "glove": data.glove_source}
+    val_acc = val_metrics["accuracy"] if val_metrics else None
+    test_acc = test_metrics["accuracy"] if test_metrics else None
+    model_path = save_checkpoint(model, out / "model.pt", extra={
+        "data": data_info, "training": training, "history": history,
+        "val_accuracy": val_acc, "test_accuracy": test_acc,
+    })
+    json_path = write_json(out / "train.json", {
+        "rnnguard_version": __version__, "command": "train", "model": model.config(), "data": data_info,
+        "training": training, "history": history, "clean_val_accuracy": val_acc, "clean_test_accuracy": test_acc,
+        "checkpoint": str(model_path), "seconds": time.perf_counter() - t_start,
+    })
+    _say(f"wrote {model_path}, {json_path} (training state: {ckpt}, {out / METRICS_NAME})")
+    _say(f"next: rnnguard evaluate --checkpoint {model_path} --dataset {name} --eps {eps if eps > 0 else 0.01:g} "
+         f"--out {out / 'eval'}")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def parse_attacks(text: str, seed: int = 0) -> dict[str, Any]:
+    """``none`` or a comma list of names from :func:`rnnguard.evaluation.default_attacks` (``all``: every one)."""
+    from rnnguard.evaluation import default_attacks
+
+    known = default_attacks(seed)
+    names = [n.lower() for n in _split_list(text)]
+    if not names:
+        raise InvalidInputError(f"--attacks: give 'none', 'all' or a comma list of {', '.join(known)}")
+    if names == ["none"]:
+        return {}
+    chosen: dict[str, Any] = {}
+    for n in names:
+        expanded = list(known) if n == "all" else [n]
+        for m in expanded:
+            if m not in known:
+                raise InvalidInputError(f"--attacks: unknown attack {m!r}; choose 'none', 'all' or from {', '.join(known)}")
+            chosen[m] = known[m]
+    return chosen
+
+
+def _print_table(rows: Sequence[dict], title: str) -> None:
+    """A rich table whose long headers may wrap (evaluation tables are wide)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from rnnguard.reports import format_value
+
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    table = Table(title=Text(title), header_style="bold")
+    for c in cols:
+        numeric = all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)
+                      for r in rows if r.get(c) is not None)
+        table.add_column(Text(c), justify="right" if numeric else "left", overflow="fold")
+    for r in rows:
+        cells = [Text(format_value(r.get(c)), style="bold red" if c == "violations" and r.get(c) else "")
+                 for c in cols]
+        table.add_row(*cells)
+    _stdout().print(table)
+
+
+def _evaluate_command_line(**opts: Any) -> str:
+    """The canonical ``rnnguard evaluate ...`` line that reproduces a run (all options spelled out)."""
+    import shlex
+
+    parts = ["rnnguard", "evaluate"]
+    for flag, value in opts.items():
+        if value is None or value is False:
+            continue
+        parts.append(flag)
+        if value is not True:
+            parts.append(str(value))
+    return shlex.join(parts)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="rnnguard checkpoint (e.g. OUT/model.pt of `rnnguard train`).")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="rt, toxic or yelp (GloVe 50d; max-len and split seed from the checkpoint).")] = None,
+    inputs: Annotated[Optional[Path], typer.Option("--inputs", help="Instead of --dataset: a torch.save'd dict with x, y (and lengths).")] = None,
+    split: Annotated[str, typer.Option("--split", help="Dataset split: train, val or test.")] = "test",
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate the first N samples only.")] = 200,
+    eps: Annotated[List[str], typer.Option("--eps", help="Radii, comma-separated or repeated (e.g. 0,0.01,0.03).")] = ["0.01,0.03"],
+    domain: Annotated[List[str], typer.Option("--domain", help="box, zonotope, interzono or all (comma list or repeated).")] = ["box,zonotope,interzono"],
+    attacks: Annotated[str, typer.Option("--attacks", help="Attacks for the empirical robust accuracy: pgd, ensemble (comma list), all or none.")] = "pgd,ensemble",
+    frames: Annotated[str, typer.Option("--frames", help="Perturbed frames: all, one (any single frame) or positions like 0,-1.")] = "all",
+    norm: Annotated[str, typer.Option("--norm", help="linf or l2 (per frame).")] = "linf",
+    clip: Annotated[Optional[str], typer.Option("--clip", help="Optional input box LOW,HIGH the perturbation must stay in.")] = None,
+    max_len: Annotated[Optional[int], typer.Option("--max-len", min=1, help="Token cut-off (default: the checkpoint's).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Split seed (default: the checkpoint's).")] = None,
+    attack_seed: Annotated[int, typer.Option("--attack-seed", help="Seed of the attacks' random starts.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Certification batch size.")] = 64,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write evaluation.json, evaluation.md and certified_accuracy.png here.")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Data folder (default: $RNNGUARD_DATA, ../shared/data, user cache).")] = None,
+) -> None:
+    """Clean, certified (per domain) and empirical robust (per attack) accuracy over a list of radii.
+
+    Every certified sample is attacked as well; a certified sample that an attack breaks is a soundness violation: reported in red, and the command exits with code 3."""
+    with _cli_errors():
+        code = _evaluate(checkpoint=checkpoint, dataset=dataset, inputs=inputs, split=split, limit=limit, eps=eps,
+                         domain=domain, attacks=attacks, frames=frames, norm=norm, clip=clip, max_len=max_len,
+                         seed=seed, attack_seed=attack_seed, batch_size=batch_size, out=out, data_root=data_root)
+    if code:
+        raise typer.Exit(code)
+
+
+def _evaluate(*, checkpoint: Path, dataset: str | None, inputs: Path | None, split: str, limit: int | None,
+              eps: Sequence[str], domain: Sequence[str], attacks: str, frames: str, norm: str, clip: str | None,
+              max_len: int | None, seed: int | None, attack_seed: int, batch_size: int, out: Path | None,
+              data_root: Path | None) -> int:
+    from rnnguard.checkpoints import load_checkpoint
+    from rnnguard.evaluation import evaluate, plot_certified_accuracy, table_rows
+    from rnnguard.reports import summary_table, write_json, write_text_atomic
+
+    eps_list = parse_eps(eps)
+    domains = parse_domains(domain)
+    attack_map = parse_attacks(attacks, seed=attack_seed)
+    frame_sel = parse_frames(frames)
+    clip_box = parse_clip(clip)
+    norm = norm.strip().lower()
+    if norm not in ("linf", "l2"):
+        raise InvalidInputError(f"--norm must be linf or l2; got {norm!r}")
+    if (inputs is None) == (dataset is None):
+        raise InvalidInputError("give exactly one of --dataset rt|toxic|yelp or --inputs FILE")
+    split = split.strip().lower()
+    if split not in ("train", "val", "test"):
+        raise InvalidInputError(f"--split must be train, val or test; got {split!r}")
+
+    model, extra = load_checkpoint(checkpoint)
+    config = model.config()
+    data_info = extra.get("data") if isinstance(extra.get("data"), dict) else {}
+    if inputs is not None:
+        x, y, lengths = load_inputs_file(inputs)
+        source: dict[str, Any] = {"inputs": str(inputs)}
+    else:
+        from rnnguard.data import load_text_splits
+
+        name = dataset.strip().lower()  # type: ignore[union-attr]
+        if max_len is None:
+            max_len = data_info.get("max_len") if data_info.get("dataset") == name else None
+        split_seed = seed if seed is not None else int(data_info.get("seed", 0) or 0)
+        data = load_text_splits(name, root=data_root, max_len=max_len, seed=split_seed)
+        part = data[split]
+        x, y, lengths = part.x, part.y, part.lengths
+        source = {"dataset": name, "split": split, "max_len": max_len, "seed": split_seed,
+                  "glove": data.glove_source, "split_size": len(part)}
+    if lengths is None:
+        lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+    total = int(x.shape[0])
+    if limit is not None:
+        x, y, lengths = x[:limit], y[:limit], lengths[:limit]
+    _check_inputs(config, x, y, lengths)
+    x = x.to(next(model.parameters()).dtype)
+
+    where = source.get("inputs") or f"{source['dataset']} {split} split"
+    _say(f"model: {config['kind']} hidden {config['hidden_size']}, {config['num_layers']} layer(s), "
+         f"{config['num_classes']} classes ({checkpoint})")
+    _say(f"inputs: {x.shape[0]} of {total} samples from {where}; {norm} eps {', '.join(f'{e:g}' for e in eps_list)}, "
+         f"frames={frames_label(frame_sel)}, domains {', '.join(domains)}, "
+         f"attacks {', '.join(attack_map) if attack_map else 'none'}")
+    with _threads(None if _USER_THREADS else 1), _stderr().status(f"evaluating {x.shape[0]} samples"):
+        record = evaluate(model, x, y, lengths, eps_list=eps_list, domains=domains, attacks=attack_map,
+                          frames=frame_sel, norm=norm, clip=clip_box, batch_size=batch_size)
+    record.update({
+        "rnnguard_version": __version__, "checkpoint": str(checkpoint), "model": config,
+        "source": {**source, "limit": limit, "n": int(x.shape[0])},
+        "threat": {"norm": norm, "frames": frames_label(frame_sel), "clip": clip_box, "eps": eps_list},
+        "domains": domains, "attacks": list(attack_map), "attack_seed": attack_seed,
+    })
+    rows = table_rows(record)
+    # the terminal table: accuracies only, short headers that wrap at spaces (timings follow below)
+    accuracy_rows = [{k.removesuffix(" %").replace("all_attacks", "all attacks"): v for k, v in r.items()
+                      if not k.startswith("t cert ")} for r in rows]
+    _print_table(accuracy_rows, f"accuracy (%) on {x.shape[0]} samples ({norm}, frames={frames_label(frame_sel)})")
+    timing = {f"certify {d}": sum(r["certify_seconds"][d] for r in record["by_eps"]) for d in domains}
+    timing.update({f"attack {a}": sum(r["attack_seconds"][a] for r in record["by_eps"]) for a in attack_map})
+    _say("seconds (all eps): " + ", ".join(f"{k} {v:.2f}" for k, v in timing.items())
+         + f"; total {record['seconds']:.1f}")
+    _say("cert: correctly classified samples proven robust; emp: correctly classified samples the attack did "
+         "not break (all attacks: none of them did)."
+         + ("" if attack_map else " No attacks ran (--attacks none): no soundness cross-check."))
+
+    command = _evaluate_command_line(**{
+        "--checkpoint": checkpoint, "--dataset": dataset.strip().lower() if dataset else None, "--inputs": inputs,
+        "--split": split if inputs is None else None, "--limit": limit,
+        "--eps": ",".join(f"{e:g}" for e in eps_list), "--domain": ",".join(domains),
+        "--attacks": ",".join(attack_map) if attack_map else "none", "--frames": frames_label(frame_sel),
+        "--norm": norm, "--clip": None if clip_box is None else f"{clip_box[0]:g},{clip_box[1]:g}",
+        "--max-len": max_len if inputs is None else None, "--seed": source.get("seed"),
+        "--attack-seed": attack_seed, "--batch-size": batch_size, "--data-root": data_root, "--out": out,
+    })
+    record["command"] = command
+    if out is not None:
+        out = Path(out).expanduser()
+        json_path = write_json(out / "evaluation.json", record)
+        label = checkpoint.parent.name if checkpoint.name == "model.pt" and checkpoint.parent.name else checkpoint.stem
+        md = [
+            f"# rnnguard evaluation: {label}",
+            "",
+            f"* model: {config['kind']}, hidden {config['hidden_size']}, {config['num_layers']} layer(s), "
+            f"{config['num_classes']} classes (`{checkpoint}`)",
+            f"* inputs: {x.shape[0]} of {total} samples from {where}",
+            f"* threat: {norm} ball of radius eps per frame, frames={frames_label(frame_sel)}"
+            + (f", clipped to [{clip_box[0]:g}, {clip_box[1]:g}]" if clip_box else ""),
+            f"* attacks: {', '.join(attack_map) if attack_map else 'none'} (seed {attack_seed}); "
+            f"soundness violations: {record['soundness_violations']}",
+            "",
+            "Accuracies in %; `cert` counts correctly classified samples proven robust, `emp` those "
+            "that no attack broke; `t cert` is certification wall time in seconds.",
+            "",
+            summary_table(rows),
+            "Command:",
+            "",
+            "```",
+            command,
+            "```",
+            "",
+        ]
+        md_path = write_text_atomic(out / "evaluation.md", "\n".join(md))
+        written = [str(json_path), str(md_path)]
+        png = plot_certified_accuracy({label: record}, out / "certified_accuracy.png")
+        if png is None:
+            _say("matplotlib is not installed (pip install 'rnnguard[plots]'): skipped certified_accuracy.png")
+        else:
+            written.append(str(png))
+        _say(f"wrote {', '.join(written)}")
+    if record["soundness_violations"] > 0:
+        from rich.text import Text
+
+        bad = [f"eps={r['eps']:g}: {r['soundness_violations']}" for r in record["by_eps"] if r["soundness_violations"]]
+        _stderr().print(Text(f"SOUNDNESS VIOLATION: {record['soundness_violations']} certified sample(s) were broken "
+                             f"by an attack ({'; '.join(bad)}). This is a verifier bug; please report it.",
+                             style="bold white on red"), soft_wrap=True)
+        return 3
+    return 0
 
 
 # --------------------------------------------------------------------------- demo

@@ -9,12 +9,17 @@ completed epoch and ends in the same state as an uninterrupted run.
 The loss is pluggable: ``objective(model, x, y, lengths, *, epoch)`` returns a scalar loss, or
 ``(loss, logits)`` so that the loop can also report training accuracy.  The default,
 :func:`clean_cross_entropy`, is regular training; certified-training objectives can be passed
-the same way (``epoch`` lets them follow a schedule, e.g. a growing eps).
+the same way (``epoch`` lets them follow a schedule, e.g. a growing eps).  Objectives from
+:mod:`rnnguard.objectives` (and any objective with ``fractional_epochs = True``) receive a
+fractional epoch, ``completed_epochs + batch_index / num_batches``, so that their ramps move
+smoothly within an epoch; other objectives receive the 0-based integer epoch (see ``fit``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -43,13 +48,48 @@ ObjectiveOutput = Union[Tensor, tuple[Tensor, Tensor]]
 class Objective(Protocol):
     """A training loss: ``loss`` or ``(loss, logits)`` for one mini-batch."""
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, lengths: Tensor, *, epoch: int) -> ObjectiveOutput: ...
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, lengths: Tensor, *, epoch: float) -> ObjectiveOutput: ...
 
 
 def clean_cross_entropy(model: nn.Module, x: Tensor, y: Tensor, lengths: Tensor, *, epoch: int = 0) -> tuple[Tensor, Tensor]:
     """Regular training: mean cross-entropy of the clean logits (returns ``(loss, logits)``)."""
     logits = model(x, lengths)
     return F.cross_entropy(logits, y), logits
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+def describe_objective(objective: Any) -> str:
+    """A stable text naming ``objective`` (stored with the training state: resuming with another
+    objective is refused).  Functions: their qualified name; dataclass objectives (those of
+    :mod:`rnnguard.objectives`): their repr, which spells out method, domain, eps and kappa ramps."""
+    if dataclasses.is_dataclass(objective) and not isinstance(objective, type):
+        return repr(objective)
+    return getattr(objective, "__qualname__", type(objective).__name__)
+
+
+def _wants_fractional_epochs(objective: Any) -> bool:
+    """Objectives that follow a schedule in a fractional epoch: those that say so with a
+    ``fractional_epochs`` attribute, and those defined in :mod:`rnnguard.objectives`."""
+    flag = getattr(objective, "fractional_epochs", None)
+    if flag is not None:
+        return bool(flag)
+    module = getattr(objective, "__module__", None) if inspect.isfunction(objective) else type(objective).__module__
+    return module == "rnnguard.objectives"
+
+
+def _schedule_values(objective: Any, epoch: float) -> dict[str, float]:
+    """``eps`` / ``kappa`` of objectives with ``eps_ramp`` / ``kappa_ramp`` schedules at ``epoch``."""
+    out: dict[str, float] = {}
+    for key in ("eps", "kappa"):
+        ramp = getattr(objective, f"{key}_ramp", None)
+        if callable(ramp):
+            try:
+                out[key] = float(ramp(epoch))
+            except Exception:  # a foreign ramp: metrics only, never fail training over it
+                pass
+    return out
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -173,6 +213,7 @@ def fit(
     objective: Objective | Callable[..., ObjectiveOutput] | None = None,
     grad_clip: float | None = 5.0,
     weight_decay: float = 0.0,
+    fractional_epochs: bool | None = None,
 ) -> list[dict]:
     """Train ``model`` on ``x (N, T, d)``, ``y (N,)``, ``lengths (N,)`` for ``epochs`` epochs; returns
     one metrics dict per epoch (``epoch`` 1-based, ``train_loss``, ``train_acc``, ``val_loss``,
@@ -188,7 +229,13 @@ def fit(
       architecture, data, batch size, lr and seed; ``epochs`` may grow); ``resume=False`` starts over.
       Checkpointing needs a :class:`~rnnguard.models.SequenceClassifier`.
     * ``objective(model, x, y, lengths, *, epoch)`` returns the loss or ``(loss, logits)``; default
-      :func:`clean_cross_entropy`.
+      :func:`clean_cross_entropy`.  With ``fractional_epochs`` the objective gets
+      ``epoch = completed_epochs + batch_index / num_batches`` (0-based; 0, 0.25, 0.5, 0.75, 1, ...
+      for 4 batches per epoch) so that eps / kappa ramps move smoothly within an epoch; otherwise
+      the 0-based integer epoch.  ``None`` (default): fractional for objectives from
+      :mod:`rnnguard.objectives` or with a true ``fractional_epochs`` attribute, integer otherwise.
+      Objectives with ``eps_ramp`` / ``kappa_ramp`` schedules get ``eps`` / ``kappa`` (their
+      values at the epoch's last batch) in the metrics rows.
     """
     x, y, lengths = _check_data(x, y, lengths, "fit")
     val_data = _unpack_val(val)
@@ -207,6 +254,7 @@ def fit(
     if not params:
         raise InvalidInputError("model has no trainable parameters")
     objective = objective or clean_cross_entropy
+    fractional = _wants_fractional_epochs(objective) if fractional_epochs is None else bool(fractional_epochs)
     device, dtype = params[0].device, params[0].dtype
 
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -216,7 +264,7 @@ def fit(
         "batch_size": batch_size, "lr": float(lr), "seed": int(seed), "weight_decay": float(weight_decay),
         "grad_clip": None if grad_clip is None else float(grad_clip), "data_shape": list(x.shape),
         "data": _fingerprint(x, y, lengths),
-        "objective": getattr(objective, "__qualname__", type(objective).__name__),
+        "objective": describe_objective(objective),
     }
     history: list[dict] = []
     start_epoch = 0
@@ -236,11 +284,11 @@ def fit(
         else:
             _write_metrics(metrics_path, [])
 
+    n_batches = math.ceil(N / batch_size)
     bar = _progress(progress and start_epoch < epochs)
     task = None
     if bar is not None:
         bar.start()
-        n_batches = math.ceil(N / batch_size)
         task = bar.add_task(f"epoch {start_epoch + 1}/{epochs}", total=n_batches * (epochs - start_epoch), info="")
     try:
         for epoch in range(start_epoch, epochs):
@@ -248,12 +296,14 @@ def fit(
             model.train()
             perm = torch.randperm(N, generator=generator)
             sum_loss, n_seen, n_correct, n_scored = 0.0, 0, 0, 0
-            for s in range(0, N, batch_size):
+            at: float = epoch
+            for batch_index, s in enumerate(range(0, N, batch_size)):
                 idx = perm[s : s + batch_size]
                 xb = x[idx].to(device=device, dtype=dtype)
                 yb = y[idx].to(device)
                 lb = lengths[idx].to(device)
-                out = objective(model, xb, yb, lb, epoch=epoch)
+                at = epoch + batch_index / n_batches if fractional else epoch
+                out = objective(model, xb, yb, lb, epoch=at)
                 loss, logits = (out if isinstance(out, tuple) else (out, None))
                 if not isinstance(loss, Tensor) or loss.dim() != 0:
                     raise InvalidInputError("objective must return a scalar loss tensor (or (loss, logits))")
@@ -276,6 +326,7 @@ def fit(
                                info=f"loss {sum_loss / n_seen:.4f}")
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": sum_loss / n_seen}
             row["train_acc"] = n_correct / n_scored if n_scored else None
+            row.update(_schedule_values(objective, at))
             if val_data is not None:
                 ev = evaluate(model, *val_data)
                 row["val_loss"], row["val_acc"] = ev["loss"], ev["accuracy"]
