@@ -134,6 +134,9 @@ class Zonotope:
     # ------------------------------------------------------------------ protocol
     def bounds(self) -> tuple[Tensor, Tensor]:
         cached = self.__dict__.get("_bounds")
+        if cached is None and "_lazy_bounds" in self.__dict__:
+            cached = self.__dict__["_lazy_bounds"]()
+            object.__setattr__(self, "_bounds", cached)
         if cached is None:
             radius = self.gens.abs().sum(dim=1)  # faster than vector_norm(ord=1) over the middle dim
             radius = radius + concretization_slack(self.center.abs(), radius)
@@ -164,23 +167,34 @@ class Zonotope:
         return Zonotope(self.center + other.center, gens, self.blocks, self.symbols)
 
     def __neg__(self) -> "Zonotope":
-        return Zonotope(-self.center, -self.gens, self.blocks, self.symbols)
+        out = Zonotope(-self.center, -self.gens, self.blocks, self.symbols)
+        lo, hi = self.bounds()  # the cells relax both z and -z: share one concretisation
+        object.__setattr__(out, "_bounds", (-hi, -lo))
+        return out
 
     def chunk(self, parts: int) -> Sequence["Zonotope"]:
-        """Split the neurons into ``parts`` (gates); bounds are computed once, in one contiguous pass."""
-        lower, upper = self.bounds()
+        """Split the neurons into ``parts`` (gates).
+
+        The pieces share a lazy bounds cache: the first piece asked for its bounds computes the
+        parent's bounds in one contiguous pass and hands every piece its slice (strided passes
+        over each gate are several times slower; unused gates cost nothing)."""
+        shared: dict[str, Sequence[tuple[Tensor, Tensor]]] = {}
+
+        def sliced(k: int) -> tuple[Tensor, Tensor]:
+            if "b" not in shared:
+                lo, hi = self.bounds()
+                shared["b"] = list(zip(lo.chunk(parts, -1), hi.chunk(parts, -1)))
+            return shared["b"][k]
+
         out = []
-        for c, g, lo, hi in zip(*(t.chunk(parts, -1) for t in (self.center, self.gens, lower, upper))):
+        for k, (c, g) in enumerate(zip(self.center.chunk(parts, -1), self.gens.chunk(parts, -1))):
             z = Zonotope(c, g, self.blocks, self.symbols)
-            object.__setattr__(z, "_bounds", (lo, hi))
+            object.__setattr__(z, "_lazy_bounds", lambda k=k: sliced(k))
             out.append(z)
         return out
 
     def apply(self, op: str, *others: "Zonotope", bounds: Sequence[tuple[Tensor, Tensor]] | None = None) -> "Zonotope":
         """Parallel-plane transformer; ``bounds`` (per operand) default to the operands' own."""
-        operands = (self, *others)
-        if bounds is None:
-            bounds = [v.bounds() for v in operands]
         return Zonotope.apply_sum([(op, (self, *others))], None if bounds is None else [bounds])
 
     @classmethod
