@@ -20,7 +20,7 @@ Typical use::
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -42,6 +42,8 @@ __all__ = [
     "worst_violation",
     "gradient_search",
     "family_pairs",
+    "mp_references",
+    "exact_violations",
 ]
 
 #: tightness tolerance (absolute + relative) for float64 relaxations
@@ -190,7 +192,8 @@ def _relaxation64(op: OpRelaxation, bounds: Sequence[Tensor]) -> tuple[Tensor, T
     )
 
 
-def _violations_from(op: OpRelaxation, rel: tuple, points: Sequence[Tensor], normalise: bool = True) -> Tensor:
+def _raw_and_scale(op: OpRelaxation, rel: tuple, points: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Raw excesses of the four objectives (stacked first) and the matching ``1 + scale``."""
     lo, hi, slopes, plo, phi = rel
     f = op.fn(*points)
     terms = [s * x for s, x in zip(slopes, points)]
@@ -203,11 +206,15 @@ def _violations_from(op: OpRelaxation, rel: tuple, points: Sequence[Tensor], nor
             lo - f,  # below the interval
         ]
     )
-    if not normalise:
-        return raw
-    pscale = 1 + f.abs() + sum(t.abs() for t in terms)
-    iscale = 1 + f.abs()
-    return raw / torch.stack([pscale, pscale, iscale, iscale])
+    with torch.no_grad():
+        pscale = 1 + f.abs() + sum(t.abs() for t in terms)
+        iscale = 1 + f.abs()
+    return raw, torch.stack([pscale, pscale, iscale, iscale])
+
+
+def _violations_from(op: OpRelaxation, rel: tuple, points: Sequence[Tensor], normalise: bool = True) -> Tensor:
+    raw, scale = _raw_and_scale(op, rel, points)
+    return raw / scale if normalise else raw
 
 
 def violations(op: OpRelaxation, bounds: Sequence[Tensor], points: Sequence[Tensor]) -> Tensor:
@@ -234,7 +241,8 @@ def gradient_search(
     generator: torch.Generator | None = None,
     reduce: bool = True,
     pool: int = 256,
-) -> float | Tensor:
+    return_points: bool = False,
+) -> float | Tensor | tuple[Tensor, tuple[Tensor, ...]]:
     """Projected sign-gradient ascent (float64, clamped to the box, geometrically shrinking step)
     on each of the four violation objectives, per box from all its corners and from the
     ``restarts`` best points for that objective among ``pool`` random points and a grid of about
@@ -242,7 +250,9 @@ def gradient_search(
 
     Returns the largest normalised violation met along every trajectory, or with ``reduce=False``
     the best value per objective and box, shape ``(4, m)`` (order as in :func:`violations`).
-    ``bounds`` are flattened, so boxes of any shape work.
+    ``bounds`` are flattened, so boxes of any shape work.  With ``return_points=True`` it returns
+    ``(best, points)``: the ``(4, m)`` values and, per input, the ``(4, m)`` float64 points where
+    they were met (the tightest spots of each bound, e.g. for a high-precision re-check).
     """
     bounds = [b.detach().reshape(-1) for b in bounds]
     lows, highs = _split(bounds)
@@ -268,14 +278,20 @@ def gradient_search(
     widths = [h - l for l, h in zip(lo64, hi64)]
     rel = tuple(r.unsqueeze(-1) if isinstance(r, Tensor) else [s.unsqueeze(-1) for s in r] for r in rel)
     best = torch.full((4, m), -float("inf"), dtype=_W)
+    best_x = [torch.zeros(4, m, dtype=_W) for _ in xs]
     gamma = (2e-8) ** (1.0 / max(steps, 1))
     for t in range(steps + 1):
         xs = [x.detach().requires_grad_(True) for x in xs]
-        raw = _violations_from(op, rel, xs, normalise=False)  # (4, m, 4, P)
+        raw, scale = _raw_and_scale(op, rel, xs)  # (4 objectives, m, 4 point sets, P)
         own = torch.diagonal(raw, dim1=0, dim2=2)  # (m, P, 4): objective j at its own points
         with torch.no_grad():
-            norm = torch.diagonal(_violations_from(op, rel, xs), dim1=0, dim2=2)
-            best = torch.maximum(best, torch.nan_to_num(norm, nan=float("inf")).amax(1).T)
+            norm = torch.nan_to_num(own / torch.diagonal(scale, dim1=0, dim2=2), nan=float("inf"))
+            val, idx = norm.max(1)  # (m, 4)
+            better = val.T > best
+            best = torch.where(better, val.T, best)
+            for bx, x in zip(best_x, xs):
+                at = torch.gather(x, 2, idx.unsqueeze(-1)).squeeze(-1).T  # (4, m)
+                bx.copy_(torch.where(better, at, bx))
         if t == steps:
             break
         grads = torch.autograd.grad(own.sum(), xs, allow_unused=True)
@@ -285,9 +301,66 @@ def gradient_search(
                 x if g is None else torch.minimum(torch.maximum(x + step * w * torch.nan_to_num(g).sign(), l), h)
                 for x, g, w, l, h in zip(xs, grads, widths, lo64, hi64)
             ]
+    if return_points:
+        return best, tuple(best_x)
     return float(best.max()) if reduce else best
 
 
 def family_pairs(names: Sequence[str] = FAMILY_NAMES) -> list[tuple[str, str]]:
     """All ordered pairs of family names (the input boxes of the two-input operations)."""
     return list(itertools.product(names, names))
+
+
+# ----------------------------------------------------------------------------- exact re-check
+def mp_references() -> dict[str, Callable[..., object]]:
+    """High-precision (mpmath) versions of the registered operations, by registry name.
+
+    mpmath ships with torch's sympy dependency; it is imported lazily."""
+    import mpmath as mp
+
+    def sig(x: object) -> object:
+        return 1 / (1 + mp.exp(-x))
+
+    return {
+        "tanh": mp.tanh,
+        "sigmoid": sig,
+        "relu": lambda x: x if x > 0 else mp.mpf(0),
+        "sigmoid_tanh": lambda x, y: sig(x) * mp.tanh(y),
+        "mul_sigmoid": lambda x, y: x * sig(y),
+        "mul": lambda x, y: x * y,
+    }
+
+
+def exact_violations(
+    op: OpRelaxation,
+    reference: Callable[..., object],
+    bounds: Sequence[Tensor],
+    points: Sequence[Tensor],
+    prec: int = 200,
+) -> Tensor:
+    """Violations of the four objectives (as :func:`violations`, NOT normalised), evaluated with
+    ``prec``-bit mpmath arithmetic on the exact values of the float bounds, slopes and points.
+
+    ``bounds`` have shape ``(m,)`` and ``points`` shape ``(m, p)``; returns ``(4, m, p)`` float64
+    (each entry rounded from the exact value; any positive entry is a genuine unsoundness)."""
+    import mpmath as mp
+
+    with torch.no_grad():
+        lo, hi = op.interval(*bounds)
+        pl = op.planes(*bounds)
+    rows = [lo, hi, pl.lower, pl.upper, *pl.slopes]
+    rows = [r.to(_W).reshape(-1).tolist() for r in rows]
+    pts = [p.to(_W).reshape(p.shape[0], -1).tolist() for p in points]
+    m, n = len(pts[0]), len(pts[0][0])
+    out = torch.empty(4, m, n, dtype=_W)
+    with mp.workprec(prec):
+        for i in range(m):
+            lo_i, hi_i, plo, phi = (mp.mpf(r[i]) for r in rows[:4])
+            slopes = [mp.mpf(r[i]) for r in rows[4:]]
+            for j in range(n):
+                x = [mp.mpf(p[i][j]) for p in pts]
+                f = reference(*x)
+                lin = mp.fsum(s * xi for s, xi in zip(slopes, x))
+                for k, v in enumerate((f - (lin + phi), (lin + plo) - f, f - hi_i, lo_i - f)):
+                    out[k, i, j] = float(v)
+    return out

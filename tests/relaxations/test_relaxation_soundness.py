@@ -38,6 +38,16 @@ def _cases() -> list:
 CASES = _cases()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The tensors here are tiny: intra-op threads only add synchronisation, which becomes very
+    slow when the cores are shared with other processes.  Restored after this module."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @functools.lru_cache(maxsize=None)
 def _families(dtype: torch.dtype) -> dict:
     return T.interval_families(dtype, n=N_BOXES, generator=torch.Generator().manual_seed(1234))
@@ -198,3 +208,22 @@ def test_offset_gradients_match_finite_differences(name: str) -> None:
                 minus = [x - eps * (j == i) for j, x in enumerate(bounds)]
                 fd = (outputs(*plus)[k] - outputs(*minus)[k]) / (2 * eps)
             torch.testing.assert_close(gk, fd, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("name", list(RELAXATIONS))
+def test_tightest_points_hold_in_exact_arithmetic(name: str, dtype: torch.dtype) -> None:
+    """Where the gradient search gets closest to each bound, re-check with 200-bit arithmetic:
+    the relaxation must enclose the real function, not just its float64 evaluation."""
+    refs = T.mp_references()
+    assert name in refs, f"add an mpmath reference for {name!r} to rnnguard.testing.mp_references"
+    op = RELAXATIONS[name]
+    names = T.FAMILY_NAMES
+    combos = [(f,) for f in names] if op.arity == 1 else [*zip(names, names), *zip(names, names[1:] + names[:1])]
+    g = _gen("exact", name, str(dtype))
+    for combo in combos:
+        bounds = [b[:12] for b in _bounds(combo, dtype)]
+        _, pts = T.gradient_search(op, bounds, steps=60, generator=g, return_points=True)
+        pts = tuple(p.T for p in pts)  # (m, 4): each box's tightest point for each objective
+        exact = T.exact_violations(op, refs[name], bounds, pts)
+        assert float(exact.max()) <= 0.0, f"{combo}: exact violation {float(exact.max()):.3e}"
