@@ -40,9 +40,10 @@ from rnnguard import LpBall, Perturbation, SequenceClassifier, certify  # noqa: 
 EPSILONS = (0.05, 0.3)
 
 THEOREM2_REASON = (
-    "rnnguard bug (reported): InterZono margin bound < Zonotope's, contradicting RNN-Guard Theorem 2 "
-    "- InterZono.apply feeds the intersected bounds into the main component's parallel planes, "
-    "which are not monotone in the input box"
+    "known limitation, documented in docs/domains.md (Theorem 2): end to end, InterZono's margin bound can be "
+    "below Zonotope's on random untrained models, because the main component's parallel planes are computed "
+    "from the intersected bounds and planes are not monotone in the input box; kept as strict xfails so that "
+    "any change in this behaviour is noticed"
 )
 # (case id, frames, eps) where InterZono < Zonotope - 1e-9 on some region, as observed
 THEOREM2_FAILURES = {
