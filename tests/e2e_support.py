@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import pytest
 import torch
 from torch import Tensor
 
@@ -38,19 +37,6 @@ FRAME_CHOICES = {
     "first_last": Frames([0, -1]),
 }
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run each test with one intra-op thread (restored afterwards).
-
-    The tensors here are tiny: on a small or busy machine, OpenMP threads fighting over cores
-    make these tests ~20x slower.  Import this name into a test module to activate it there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- models

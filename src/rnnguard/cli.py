@@ -7,7 +7,6 @@ printed as a single red ``error: ...`` line on stderr with exit code 2, never as
 from __future__ import annotations
 
 import math
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path

@@ -25,7 +25,6 @@ from rnnguard.attacks import (
 )
 from rnnguard.errors import InvalidInputError, UnknownNameError
 
-torch.set_num_threads(1)
 
 KINDS = ("rnn", "lstm", "gru")
 B, T, D, H, C = 5, 5, 3, 6, 3

@@ -16,7 +16,6 @@ from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from e2e_support import KINDS, final_hidden, make_classifier  # noqa: E402
-from e2e_support import single_thread  # noqa: E402,F401  (autouse fixture)
 
 from rnnguard import SequenceClassifier  # noqa: E402
 from rnnguard.cells import Program  # noqa: E402

@@ -20,7 +20,6 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from e2e_support import KINDS, TOL, concrete_margins, pgd_min_margins  # noqa: E402
-from e2e_support import single_thread  # noqa: E402,F401  (autouse fixture)
 
 from rnnguard import AllFrames, Frames, LpBall, OneFrame, Perturbation, SequenceClassifier, certify  # noqa: E402
 from rnnguard.models import lower  # noqa: E402

@@ -41,7 +41,6 @@ from e2e_support import (  # noqa: E402
     region_margin_bounds,
     sample_points,
 )
-from e2e_support import single_thread  # noqa: E402,F401  (autouse fixture)
 
 from rnnguard import LpBall, Perturbation  # noqa: E402
 from rnnguard.models import lower, run_program  # noqa: E402

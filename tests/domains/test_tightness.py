@@ -33,7 +33,6 @@ from e2e_support import (  # noqa: E402
     certified_margins,
     concrete_margins,
 )
-from e2e_support import single_thread  # noqa: E402,F401  (autouse fixture)
 
 from rnnguard import LpBall, Perturbation, SequenceClassifier, certify  # noqa: E402
 

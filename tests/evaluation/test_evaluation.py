@@ -19,15 +19,6 @@ DOMAINS = ("box", "zonotope", "interzono")
 EPS = (0.0, 0.1, 0.5, 2.0)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 def _setup(kind: str = "lstm", n: int = 12, T: int = 4, d: int = 3, classes: int = 2, seed: int = 0):
     torch.manual_seed(seed)

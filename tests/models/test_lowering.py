@@ -12,7 +12,6 @@ from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from e2e_support import TOL, concrete_margins, pgd_min_margins  # noqa: E402
-from e2e_support import single_thread  # noqa: E402,F401  (autouse fixture)
 
 from rnnguard import (  # noqa: E402
     LpBall,

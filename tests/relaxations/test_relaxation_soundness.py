@@ -38,15 +38,6 @@ def _cases() -> list:
 CASES = _cases()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The tensors here are tiny: intra-op threads only add synchronisation, which becomes very
-    slow when the cores are shared with other processes.  Restored after this module."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 
 @functools.lru_cache(maxsize=None)
 def _families(dtype: torch.dtype) -> dict:
