@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Iterator, List, Optional, Sequence
 
@@ -240,6 +241,67 @@ def _check_inputs(config: dict, x: torch.Tensor, y: torch.Tensor, lengths: torch
         raise InvalidInputError("inputs contain NaN or infinite values")
 
 
+def _check_threat_options(norm: str, inputs: Path | None, dataset: str | None, split: str, *,
+                          exactly_one: str) -> str:
+    """Validate --norm, --inputs/--dataset (``exactly_one`` is the error message) and --split; the normalized norm."""
+    norm = norm.strip().lower()
+    if norm not in ("linf", "l2"):
+        raise InvalidInputError(f"--norm must be linf or l2; got {norm!r}")
+    if (inputs is None) == (dataset is None):
+        raise InvalidInputError(exactly_one)
+    if split not in ("train", "val", "test"):
+        raise InvalidInputError(f"--split must be train, val or test; got {split!r}")
+    return norm
+
+
+@dataclass
+class _LoadedInputs:
+    """A checkpoint's model and the (limited, checked) samples to run it on."""
+
+    model: torch.nn.Module
+    config: dict
+    x: torch.Tensor
+    y: torch.Tensor
+    lengths: torch.Tensor
+    sentences: list | None
+    source: dict[str, Any]
+    total: int  # samples before --limit
+
+
+def _load_inputs(checkpoint: Path, *, inputs: Path | None, dataset: str | None, split: str, limit: int | None,
+                 max_len: int | None, seed: int | None, data_root: Path | None) -> _LoadedInputs:
+    """Load the checkpoint and the inputs file or dataset split (max_len / seed default to the checkpoint's)."""
+    from rnnguard.checkpoints import load_checkpoint
+
+    model, extra = load_checkpoint(checkpoint)
+    config = model.config()
+    data_info = extra.get("data") if isinstance(extra.get("data"), dict) else {}
+    sentences = None
+    if inputs is not None:
+        x, y, lengths = load_inputs_file(inputs)
+        source: dict[str, Any] = {"inputs": str(inputs)}
+    else:
+        from rnnguard.data import load_text_splits
+
+        name = dataset.strip().lower()  # type: ignore[union-attr]
+        if max_len is None:
+            max_len = data_info.get("max_len") if data_info.get("dataset") == name else None
+        split_seed = seed if seed is not None else int(data_info.get("seed", 0) or 0)
+        data = load_text_splits(name, root=data_root, max_len=max_len, seed=split_seed)
+        part = data[split]
+        x, y, lengths, sentences = part.x, part.y, part.lengths, part.sentences
+        source = {"dataset": name, "split": split, "max_len": max_len, "seed": split_seed,
+                  "glove": data.glove_source, "split_size": len(part)}
+    if lengths is None:
+        lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+    total = int(x.shape[0])
+    if limit is not None:
+        x, y, lengths = x[:limit], y[:limit], lengths[:limit]
+        sentences = sentences[:limit] if sentences is not None else None
+    _check_inputs(config, x, y, lengths)
+    return _LoadedInputs(model, config, x, y, lengths, sentences, source, total)
+
+
 # --------------------------------------------------------------------------- certification
 
 
@@ -355,7 +417,6 @@ def certify_cmd(
 ) -> None:
     """Certify a trained checkpoint on an inputs file or a dataset split."""
     with _cli_errors():
-        from rnnguard.checkpoints import load_checkpoint
         from rnnguard.reports import print_summary, write_json
 
         # cheap checks first
@@ -364,40 +425,13 @@ def certify_cmd(
         frame_sel = parse_frames(frames)
         clip_box = parse_clip(clip)
         torch_dtype = parse_dtype(dtype)
-        norm = norm.strip().lower()
-        if norm not in ("linf", "l2"):
-            raise InvalidInputError(f"--norm must be linf or l2; got {norm!r}")
-        if (inputs is None) == (dataset is None):
-            raise InvalidInputError("give exactly one of --inputs FILE or --dataset rt|toxic|yelp")
-        if split not in ("train", "val", "test"):
-            raise InvalidInputError(f"--split must be train, val or test; got {split!r}")
+        norm = _check_threat_options(norm, inputs, dataset, split,
+                                     exactly_one="give exactly one of --inputs FILE or --dataset rt|toxic|yelp")
 
-        model, extra = load_checkpoint(checkpoint)
-        config = model.config()
-        data_info = extra.get("data") if isinstance(extra.get("data"), dict) else {}
-        sentences = None
-        if inputs is not None:
-            x, y, lengths = load_inputs_file(inputs)
-            source: dict[str, Any] = {"inputs": str(inputs)}
-        else:
-            from rnnguard.data import load_text_splits
-
-            name = dataset.strip().lower()
-            if max_len is None:
-                max_len = data_info.get("max_len") if data_info.get("dataset") == name else None
-            split_seed = seed if seed is not None else int(data_info.get("seed", 0) or 0)
-            data = load_text_splits(name, root=data_root, max_len=max_len, seed=split_seed)
-            part = data[split]
-            x, y, lengths, sentences = part.x, part.y, part.lengths, part.sentences
-            source = {"dataset": name, "split": split, "max_len": max_len, "seed": split_seed,
-                      "glove": data.glove_source, "split_size": len(part)}
-        if lengths is None:
-            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
-        total = int(x.shape[0])
-        if limit is not None:
-            x, y, lengths = x[:limit], y[:limit], lengths[:limit]
-            sentences = sentences[:limit] if sentences is not None else None
-        _check_inputs(config, x, y, lengths)
+        loaded = _load_inputs(checkpoint, inputs=inputs, dataset=dataset, split=split, limit=limit,
+                              max_len=max_len, seed=seed, data_root=data_root)
+        model, config, source, total = loaded.model, loaded.config, loaded.source, loaded.total
+        x, y, lengths, sentences = loaded.x, loaded.y, loaded.lengths, loaded.sentences
 
         where = source.get("inputs") or f"{source['dataset']} {split} split"
         _say(f"model: {config['kind']} hidden {config['hidden_size']}, {config['num_layers']} layer(s), "
@@ -704,7 +738,6 @@ def _evaluate(*, checkpoint: Path, dataset: str | None, inputs: Path | None, spl
               eps: Sequence[str], domain: Sequence[str], attacks: str, frames: str, norm: str, clip: str | None,
               max_len: int | None, seed: int | None, attack_seed: int, batch_size: int, out: Path | None,
               data_root: Path | None) -> int:
-    from rnnguard.checkpoints import load_checkpoint
     from rnnguard.evaluation import evaluate, plot_certified_accuracy, table_rows
     from rnnguard.reports import summary_table, write_json, write_text_atomic
 
@@ -713,39 +746,14 @@ def _evaluate(*, checkpoint: Path, dataset: str | None, inputs: Path | None, spl
     attack_map = parse_attacks(attacks, seed=attack_seed)
     frame_sel = parse_frames(frames)
     clip_box = parse_clip(clip)
-    norm = norm.strip().lower()
-    if norm not in ("linf", "l2"):
-        raise InvalidInputError(f"--norm must be linf or l2; got {norm!r}")
-    if (inputs is None) == (dataset is None):
-        raise InvalidInputError("give exactly one of --dataset rt|toxic|yelp or --inputs FILE")
     split = split.strip().lower()
-    if split not in ("train", "val", "test"):
-        raise InvalidInputError(f"--split must be train, val or test; got {split!r}")
+    norm = _check_threat_options(norm, inputs, dataset, split,
+                                 exactly_one="give exactly one of --dataset rt|toxic|yelp or --inputs FILE")
 
-    model, extra = load_checkpoint(checkpoint)
-    config = model.config()
-    data_info = extra.get("data") if isinstance(extra.get("data"), dict) else {}
-    if inputs is not None:
-        x, y, lengths = load_inputs_file(inputs)
-        source: dict[str, Any] = {"inputs": str(inputs)}
-    else:
-        from rnnguard.data import load_text_splits
-
-        name = dataset.strip().lower()  # type: ignore[union-attr]
-        if max_len is None:
-            max_len = data_info.get("max_len") if data_info.get("dataset") == name else None
-        split_seed = seed if seed is not None else int(data_info.get("seed", 0) or 0)
-        data = load_text_splits(name, root=data_root, max_len=max_len, seed=split_seed)
-        part = data[split]
-        x, y, lengths = part.x, part.y, part.lengths
-        source = {"dataset": name, "split": split, "max_len": max_len, "seed": split_seed,
-                  "glove": data.glove_source, "split_size": len(part)}
-    if lengths is None:
-        lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
-    total = int(x.shape[0])
-    if limit is not None:
-        x, y, lengths = x[:limit], y[:limit], lengths[:limit]
-    _check_inputs(config, x, y, lengths)
+    loaded = _load_inputs(checkpoint, inputs=inputs, dataset=dataset, split=split, limit=limit,
+                          max_len=max_len, seed=seed, data_root=data_root)
+    model, config, source, total = loaded.model, loaded.config, loaded.source, loaded.total
+    x, y, lengths = loaded.x, loaded.y, loaded.lengths
     x = x.to(next(model.parameters()).dtype)
 
     where = source.get("inputs") or f"{source['dataset']} {split} split"
@@ -782,7 +790,7 @@ def _evaluate(*, checkpoint: Path, dataset: str | None, inputs: Path | None, spl
         "--eps": ",".join(f"{e:g}" for e in eps_list), "--domain": ",".join(domains),
         "--attacks": ",".join(attack_map) if attack_map else "none", "--frames": frames_label(frame_sel),
         "--norm": norm, "--clip": None if clip_box is None else f"{clip_box[0]:g},{clip_box[1]:g}",
-        "--max-len": max_len if inputs is None else None, "--seed": source.get("seed"),
+        "--max-len": source.get("max_len"), "--seed": source.get("seed"),
         "--attack-seed": attack_seed, "--batch-size": batch_size, "--data-root": data_root, "--out": out,
     })
     record["command"] = command
