@@ -90,7 +90,9 @@ class OneFrame(FrameSelection):
 
 @dataclass(frozen=True)
 class Frames(FrameSelection):
-    """A chosen set of positions (0-based; negative counts from each sample's last frame)."""
+    """A chosen set of positions (0-based; negative counts from each sample's last frame).
+
+    Positions outside a sample's length are ignored for that sample (it then has fewer moving frames)."""
 
     positions: tuple[int, ...]
 
