@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from rnnguard.cli import app
 
-
-def _shared_data() -> Path | None:
-    env = os.environ.get("RNNGUARD_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[2].parent / "shared" / "data", Path("/work/shared/data")]
-    for c in candidates:
-        if (c / "rt-polarity").is_dir() and (c / "glove").is_dir():
-            return c
-    return None
+from cli_data import SHARED_DATA  # noqa: E402  (tests/cli/cli_data.py)
 
 
-DATA = _shared_data()
+DATA = SHARED_DATA
 
 
 @pytest.mark.shared_data

@@ -6,7 +6,6 @@ everything else runs on tiny synthetic checkpoints and inputs."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,8 @@ from typer.testing import CliRunner
 from rnnguard import SequenceClassifier
 from rnnguard.checkpoints import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from rnnguard.cli import app, parse_attacks
+
+from cli_data import SHARED_DATA  # noqa: E402  (tests/cli/cli_data.py)
 from rnnguard.errors import InvalidInputError
 from rnnguard.objectives import make_objective
 from rnnguard.train import METRICS_NAME, describe_objective, fit
@@ -23,17 +24,7 @@ from rnnguard.train import METRICS_NAME, describe_objective, fit
 runner = CliRunner()
 
 
-def _shared_data() -> Path | None:
-    env = os.environ.get("RNNGUARD_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[2].parent / "shared" / "data", Path("/work/shared/data")]
-    for c in candidates:
-        if (c / "rt-polarity").is_dir() and (c / "glove").is_dir():
-            return c
-    return None
-
-
-DATA = _shared_data()
+DATA = SHARED_DATA
 
 
 def _run(*args):
