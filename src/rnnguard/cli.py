@@ -280,6 +280,9 @@ def _load_inputs(checkpoint: Path, *, inputs: Path | None, dataset: str | None, 
     if inputs is not None:
         x, y, lengths = load_inputs_file(inputs)
         source: dict[str, Any] = {"inputs": str(inputs)}
+    elif dataset.strip().lower() == "mnist":  # type: ignore[union-attr]
+        x, y, source = _mnist_inputs(config, data_info, split, data_root)
+        lengths = None
     else:
         from rnnguard.data import load_text_splits
 
@@ -300,6 +303,34 @@ def _load_inputs(checkpoint: Path, *, inputs: Path | None, dataset: str | None, 
         sentences = sentences[:limit] if sentences is not None else None
     _check_inputs(config, x, y, lengths)
     return _LoadedInputs(model, config, x, y, lengths, sentences, source, total)
+
+
+def _mnist_inputs(config: dict, data_info: dict, split: str,
+                  data_root: Path | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Sequence-MNIST ``split`` cut into the checkpoint's frame count (its ``data.frames``, else
+    784 / input_size)."""
+    from rnnguard.data import sequence_mnist
+
+    if split not in ("train", "test"):
+        raise InvalidInputError(f"MNIST has train and test splits only; got --split {split}")
+    frames = data_info.get("frames") if data_info.get("dataset") == "mnist" else None
+    if frames is None:
+        if 784 % int(config["input_size"]) != 0:
+            raise InvalidInputError(f"the model reads {config['input_size']} features per frame, which does not "
+                                    "divide MNIST's 784 pixels; it was not trained on sequence MNIST")
+        frames = 784 // int(config["input_size"])
+    x, y = sequence_mnist(split, frames=int(frames), root=data_root)
+    return x, y, {"dataset": "mnist", "split": split, "frames": int(frames), "split_size": int(x.shape[0])}
+
+
+MNIST_CLIP = (0.0, 1.0)  # pixels live in [0, 1]: the default --clip for --dataset mnist
+
+
+def _default_clip(clip_box: tuple[float, float] | None, source: dict[str, Any]) -> tuple[float, float] | None:
+    if clip_box is None and source.get("dataset") == "mnist":
+        _say("MNIST: perturbed pixels are clipped to [0, 1] (default --clip 0,1)")
+        return MNIST_CLIP
+    return clip_box
 
 
 # --------------------------------------------------------------------------- certification
@@ -401,14 +432,14 @@ def certify_cmd(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Model checkpoint written by rnnguard (save_checkpoint / demo).")],
     eps: Annotated[List[str], typer.Option("--eps", help="Radius per frame; repeat or comma-separate for several (e.g. 0.01,0.03).")],
     inputs: Annotated[Optional[Path], typer.Option("--inputs", help="torch.save'd dict with x (N,T,d), y (N,), optional lengths (N,).")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Certify a dataset split instead: rt, toxic or yelp.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Certify a dataset split instead: rt, toxic, yelp or mnist (frames from the checkpoint).")] = None,
     split: Annotated[str, typer.Option("--split", help="Dataset split: train, val or test.")] = "test",
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N samples.")] = None,
     max_len: Annotated[Optional[int], typer.Option("--max-len", min=1, help="Truncate dataset texts to N tokens (default: the checkpoint's training max_len, else none).")] = None,
     norm: Annotated[str, typer.Option("--norm", help="linf or l2 (l2 is over-approximated by its l_inf box).")] = "linf",
     frames: Annotated[str, typer.Option("--frames", help="all, one, or positions like 0,3,-1.")] = "all",
     domain: Annotated[List[str], typer.Option("--domain", "-d", help="box, zonotope, interzono or all; repeat or comma-separate.")] = ["interzono"],  # noqa: B006
-    clip: Annotated[Optional[str], typer.Option("--clip", help="Clip perturbed inputs to LOW,HIGH (e.g. 0,1).")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="Clip perturbed inputs to LOW,HIGH (e.g. 0,1; default 0,1 for mnist).")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="float64 (sound) or float32 (faster, not float-sound).")] = "float64",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Regions propagated at a time.")] = 64,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write summaries and per-sample results to this JSON file.")] = None,
@@ -426,12 +457,13 @@ def certify_cmd(
         clip_box = parse_clip(clip)
         torch_dtype = parse_dtype(dtype)
         norm = _check_threat_options(norm, inputs, dataset, split,
-                                     exactly_one="give exactly one of --inputs FILE or --dataset rt|toxic|yelp")
+                                     exactly_one="give exactly one of --inputs FILE or --dataset rt|toxic|yelp|mnist")
 
         loaded = _load_inputs(checkpoint, inputs=inputs, dataset=dataset, split=split, limit=limit,
                               max_len=max_len, seed=seed, data_root=data_root)
         model, config, source, total = loaded.model, loaded.config, loaded.source, loaded.total
         x, y, lengths, sentences = loaded.x, loaded.y, loaded.lengths, loaded.sentences
+        clip_box = _default_clip(clip_box, source)
 
         where = source.get("inputs") or f"{source['dataset']} {split} split"
         _say(f"model: {config['kind']} hidden {config['hidden_size']}, {config['num_layers']} layer(s), "
@@ -497,7 +529,8 @@ def _history_rows(history: Sequence[dict]) -> list[dict]:
 @app.command("train")
 def train_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint.pt (resumable), metrics.jsonl, model.pt, train.json.")],
-    dataset: Annotated[str, typer.Option("--dataset", help="rt, toxic or yelp.")] = "rt",
+    dataset: Annotated[str, typer.Option("--dataset", help="rt, toxic, yelp or mnist.")] = "rt",
+    frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="mnist only: cut each image, row by row, into K frames of 784/K pixels (K divides 784; default 4).")] = None,
     model_kind: Annotated[str, typer.Option("--model", help="rnn, rnn_relu, lstm or gru.")] = "lstm",
     hidden: Annotated[int, typer.Option("--hidden", min=1, help="Hidden size.")] = 32,
     layers: Annotated[int, typer.Option("--layers", min=1, help="Stacked recurrent layers.")] = 1,
@@ -522,12 +555,12 @@ def train_cmd(
 
     Saves a resumable checkpoint after every epoch: rerunning the same command after an interruption continues where it stopped (and is a no-op once finished). Writes OUT/model.pt, which rnnguard certify and rnnguard evaluate read."""
     with _cli_errors():
-        _train(out=out, dataset=dataset, model_kind=model_kind, hidden=hidden, layers=layers, method=method, eps=eps,
+        _train(out=out, dataset=dataset, frames=frames, model_kind=model_kind, hidden=hidden, layers=layers, method=method, eps=eps,
                epochs=epochs, warmup=warmup, ramp=ramp, kappa=kappa, max_len=max_len, train_limit=train_limit,
                batch_size=batch_size, lr=lr, seed=seed, fresh=fresh, data_root=data_root, progress=progress)
 
 
-def _train(*, out: Path, dataset: str, model_kind: str, hidden: int, layers: int, method: str, eps: float,
+def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidden: int, layers: int, method: str, eps: float,
            epochs: int, warmup: float, ramp: float | None, kappa: float, max_len: int, train_limit: int | None,
            batch_size: int, lr: float, seed: int, fresh: bool, data_root: Path | None, progress: bool) -> None:
     from rnnguard.checkpoints import CheckpointError, save_checkpoint
@@ -560,21 +593,33 @@ def _train(*, out: Path, dataset: str, model_kind: str, hidden: int, layers: int
 
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    data = load_text_splits(name, root=data_root, max_len=max_len, seed=seed)
-    train, val, test = data["train"], data["val"], data["test"]
+    if name == "mnist":
+        train, val, test, dim, data_info = _mnist_training_data(frames, data_root)
+        unit = "images"
+    else:
+        if frames is not None:
+            raise InvalidInputError("--frames applies to --dataset mnist only")
+        data = load_text_splits(name, root=data_root, max_len=max_len, seed=seed)
+        train, val, test = data["train"], data["val"], data["test"]
+        dim, unit = data.dim, "texts"
+        data_info = {"dataset": name, "max_len": max_len, "seed": seed, "dim": data.dim, "glove": data.glove_source}
     n_train_total = len(train)
     x_tr, y_tr, l_tr = train.x, train.y, train.lengths
     if train_limit is not None and train_limit < n_train_total:
         x_tr, y_tr, l_tr = x_tr[:train_limit], y_tr[:train_limit], l_tr[:train_limit]
     n_train = int(x_tr.shape[0])
-    _say(f"data: {name}, {len(train)} train / {len(val)} val / {len(test)} test texts (split seed {seed}), "
-         f"texts cut to {max_len} tokens, GloVe {data.glove_source}"
-         + (f"; training on the first {n_train} training texts (--train-limit)" if n_train < n_train_total else ""))
+    if name == "mnist":
+        described = (f"data: mnist, {len(train)} train / {len(test)} test images as {data_info['frames']} frames of "
+                     f"{dim} pixels in [0, 1]")
+    else:
+        described = (f"data: {name}, {len(train)} train / {len(val)} val / {len(test)} test texts (split seed {seed}), "
+                     f"texts cut to {max_len} tokens, GloVe {data.glove_source}")
+    _say(described + (f"; training on the first {n_train} training {unit} (--train-limit)" if n_train < n_train_total else ""))
     num_classes = max(2, int(max(int(y_tr.max()), int(val.y.max()) if len(val) else 0,
                                  int(test.y.max()) if len(test) else 0)) + 1)
 
     torch.manual_seed(seed)
-    model = SequenceClassifier(kind, data.dim, hidden, num_classes, num_layers=layers)
+    model = SequenceClassifier(kind, dim, hidden, num_classes, num_layers=layers)
     objective = make_objective(method, eps, epochs=epochs, warmup=warmup, ramp=ramp, kappa_final=kappa)
     ramp_used = ramp if ramp is not None else max((epochs - warmup) / 2, 1e-9)
     schedule = "" if method == "regular" else (
@@ -590,7 +635,7 @@ def _train(*, out: Path, dataset: str, model_kind: str, hidden: int, layers: int
     elif done > 0:
         _say(f"training: resuming {ckpt} after epoch {done} of {epochs}")
     else:
-        _say(f"training: {_plural(epochs, 'epoch')} of Adam (lr {lr:g}, batch {batch_size}) on {n_train} texts, "
+        _say(f"training: {_plural(epochs, 'epoch')} of Adam (lr {lr:g}, batch {batch_size}) on {n_train} {unit}, "
              f"checkpoint after every epoch in {out}")
     try:
         with _threads(None if _USER_THREADS else 1):
@@ -612,10 +657,10 @@ def _train(*, out: Path, dataset: str, model_kind: str, hidden: int, layers: int
     sec_per_epoch = sum(seconds) / len(seconds) if seconds else None
     accs = []
     if val_metrics is not None:
-        accs.append(f"val {100 * val_metrics['accuracy']:.1f}% ({len(val)} texts)")
+        accs.append(f"val {100 * val_metrics['accuracy']:.1f}% ({len(val)} {unit})")
     if test_metrics is not None:
-        accs.append(f"test {100 * test_metrics['accuracy']:.1f}% ({len(test)} texts)")
-    _say("clean accuracy: " + ", ".join(accs) if accs else "clean accuracy: no val/test texts")
+        accs.append(f"test {100 * test_metrics['accuracy']:.1f}% ({len(test)} {unit})")
+    _say("clean accuracy: " + ", ".join(accs) if accs else f"clean accuracy: no val/test {unit}")
     if sec_per_epoch is not None:
         _say(f"time: {sec_per_epoch:.2f} s per epoch (mean over {_plural(len(seconds), 'epoch')}; "
              f"{_plural(len(trained_now), 'epoch')} trained in this run)")
@@ -627,7 +672,6 @@ def _train(*, out: Path, dataset: str, model_kind: str, hidden: int, layers: int
         "model": {"kind": kind, "hidden": hidden, "layers": layers},
         "epochs_done": len(history), "seconds_per_epoch": sec_per_epoch,
     }
-    data_info = {"dataset": name, "max_len": max_len, "seed": seed, "dim": data.dim, "glove": data.glove_source}
     val_acc = val_metrics["accuracy"] if val_metrics else None
     test_acc = test_metrics["accuracy"] if test_metrics else None
     model_path = save_checkpoint(model, out / "model.pt", extra={
@@ -642,6 +686,33 @@ def _train(*, out: Path, dataset: str, model_kind: str, hidden: int, layers: int
     _say(f"wrote {model_path}, {json_path} (training state: {ckpt}, {out / METRICS_NAME})")
     _say(f"next: rnnguard evaluate --checkpoint {model_path} --dataset {name} --eps {eps if eps > 0 else 0.01:g} "
          f"--out {out / 'eval'}")
+
+
+@dataclass
+class _Split:
+    """Model inputs of one split (the fields of a text TensorSplit that training uses)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    lengths: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def _mnist_training_data(frames: int | None, data_root: Path | None) -> tuple[_Split, _Split, _Split, int, dict]:
+    """Sequence-MNIST train / (empty) val / test splits, the frame size and the checkpoint's data metadata."""
+    from rnnguard.data import sequence_mnist
+
+    k = 4 if frames is None else frames
+    parts = {}
+    for split in ("train", "test"):
+        x, y = sequence_mnist(split, frames=k, root=data_root)
+        parts[split] = _Split(x, y, torch.full((x.shape[0],), k, dtype=torch.long))
+    train, test = parts["train"], parts["test"]
+    val = _Split(train.x[:0], train.y[:0], train.lengths[:0])  # all 60,000 training images are used for training
+    dim = int(train.x.shape[2])
+    return train, val, test, dim, {"dataset": "mnist", "frames": k, "dim": dim, "pixels": "[0, 1]"}
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -706,7 +777,7 @@ def _evaluate_command_line(**opts: Any) -> str:
 @app.command("evaluate")
 def evaluate_cmd(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="rnnguard checkpoint (e.g. OUT/model.pt of `rnnguard train`).")],
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="rt, toxic or yelp (GloVe 50d; max-len and split seed from the checkpoint).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="rt, toxic or yelp (GloVe 50d; max-len and split seed from the checkpoint), or mnist (frames from the checkpoint).")] = None,
     inputs: Annotated[Optional[Path], typer.Option("--inputs", help="Instead of --dataset: a torch.save'd dict with x, y (and lengths).")] = None,
     split: Annotated[str, typer.Option("--split", help="Dataset split: train, val or test.")] = "test",
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate the first N samples only.")] = 200,
@@ -715,7 +786,7 @@ def evaluate_cmd(
     attacks: Annotated[str, typer.Option("--attacks", help="Attacks for the empirical robust accuracy: pgd, ensemble (comma list), all or none.")] = "pgd,ensemble",
     frames: Annotated[str, typer.Option("--frames", help="Perturbed frames: all, one (any single frame) or positions like 0,-1.")] = "all",
     norm: Annotated[str, typer.Option("--norm", help="linf or l2 (per frame).")] = "linf",
-    clip: Annotated[Optional[str], typer.Option("--clip", help="Optional input box LOW,HIGH the perturbation must stay in.")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="Optional input box LOW,HIGH the perturbation must stay in (default 0,1 for mnist).")] = None,
     max_len: Annotated[Optional[int], typer.Option("--max-len", min=1, help="Token cut-off (default: the checkpoint's).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Split seed (default: the checkpoint's).")] = None,
     attack_seed: Annotated[int, typer.Option("--attack-seed", help="Seed of the attacks' random starts.")] = 0,
@@ -748,13 +819,14 @@ def _evaluate(*, checkpoint: Path, dataset: str | None, inputs: Path | None, spl
     clip_box = parse_clip(clip)
     split = split.strip().lower()
     norm = _check_threat_options(norm, inputs, dataset, split,
-                                 exactly_one="give exactly one of --dataset rt|toxic|yelp or --inputs FILE")
+                                 exactly_one="give exactly one of --dataset rt|toxic|yelp|mnist or --inputs FILE")
 
     loaded = _load_inputs(checkpoint, inputs=inputs, dataset=dataset, split=split, limit=limit,
                           max_len=max_len, seed=seed, data_root=data_root)
     model, config, source, total = loaded.model, loaded.config, loaded.source, loaded.total
     x, y, lengths = loaded.x, loaded.y, loaded.lengths
     x = x.to(next(model.parameters()).dtype)
+    clip_box = _default_clip(clip_box, source)
 
     where = source.get("inputs") or f"{source['dataset']} {split} split"
     _say(f"model: {config['kind']} hidden {config['hidden_size']}, {config['num_layers']} layer(s), "
