@@ -126,19 +126,34 @@ def _monotone_interval(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tenso
     return interval
 
 
+def _unary_offsets(
+    f: Callable[[Tensor], Tensor], critical: Callable[[Tensor], list[Tensor]]
+) -> Callable[..., tuple[Tensor, Tensor]]:
+    """Exact (min, max) of ``f(x) - k x`` on ``[l, u]`` (float64 inputs), rounded outward to ``dtype``.
+
+    Candidates: both ends and the points where ``f' = k``; valid for any slope ``k``."""
+
+    def offsets(k: Tensor, l: Tensor, u: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        x = _pick([l, u, *critical(k.detach())], l, l, u)
+        fx, kx = f(x), k.unsqueeze(-1) * x
+        g = fx - kx
+        return _outward(g.amin(-1), g.amax(-1), (fx.abs() + kx.abs()).amax(-1), dtype)
+
+    return offsets
+
+
 def _unary_planes(
     f: Callable[[Tensor], Tensor],
     df: Callable[[Tensor], Tensor],
     critical: Callable[[Tensor], list[Tensor]],
 ) -> Callable[[Tensor, Tensor], Planes]:
+    offsets = _unary_offsets(f, critical)
+
     def planes(lo: Tensor, hi: Tensor) -> Planes:
         dtype = lo.dtype
         l, u = lo.to(WORK), hi.to(WORK)
         k = _rounded(_divided_difference(f, df, l, u), dtype)
-        x = _pick([l, u, *critical(k.detach())], l, l, u)
-        fx, kx = f(x), k.unsqueeze(-1) * x
-        g = fx - kx
-        low, high = _outward(g.amin(-1), g.amax(-1), (fx.abs() + kx.abs()).amax(-1), dtype)
+        low, high = offsets(k, l, u, dtype)
         return Planes((k.to(dtype),), low, high)
 
     return planes
@@ -150,6 +165,9 @@ relu_interval = _monotone_interval(torch.relu)
 tanh_planes = _unary_planes(torch.tanh, _tanh_prime, _tanh_stationary)
 sigmoid_planes = _unary_planes(torch.sigmoid, _sigmoid_prime, _sigmoid_stationary)
 relu_planes = _unary_planes(torch.relu, lambda x: (x > 0).to(x.dtype), _relu_kinks)
+tanh_offsets = _unary_offsets(torch.tanh, _tanh_stationary)
+sigmoid_offsets = _unary_offsets(torch.sigmoid, _sigmoid_stationary)
+relu_offsets = _unary_offsets(torch.relu, _relu_kinks)
 
 
 # ----------------------------------------------------------------------------- two-input ops
@@ -238,6 +256,15 @@ def sigmoid_tanh_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Plane
     sl, su, tl, tu = torch.sigmoid(lx), torch.sigmoid(ux), torch.tanh(ly), torch.tanh(uy)
     a = _rounded(_divided_difference(torch.sigmoid, _sigmoid_prime, lx, ux) * (tl + tu) / 2, dtype)
     b = _rounded((sl + su) / 2 * _divided_difference(torch.tanh, _tanh_prime, ly, uy), dtype)
+    low, high = sigmoid_tanh_offsets(a, b, lx, ux, ly, uy, dtype)
+    return Planes((a.to(dtype), b.to(dtype)), low, high)
+
+
+def sigmoid_tanh_offsets(
+    a: Tensor, b: Tensor, lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Exact (min, max) of ``sigma(x)tanh(y) - a x - b y`` on the box (float64 inputs, any slopes),
+    rounded outward to ``dtype``; candidates as in :func:`sigmoid_tanh_planes`."""
     ad, bd = a.detach(), b.detach()
     nan = torch.full_like(lx, float("nan"))
     xs, ys = [lx, lx, ux, ux], [ly, uy, ly, uy]
@@ -258,13 +285,28 @@ def sigmoid_tanh_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Plane
             yy = _tanh_prime_inverse(bd / torch.sigmoid(xx))
             xs.append(xx)
             ys.append(torch.where(ad >= 0, yy, -yy))
+    return _binary_extrema(sigmoid_tanh, a, b, xs, ys, lx, ux, ly, uy, dtype)
+
+
+def _binary_extrema(
+    f: Callable[[Tensor, Tensor], Tensor],
+    a: Tensor,
+    b: Tensor,
+    xs: list[Tensor],
+    ys: list[Tensor],
+    lx: Tensor,
+    ux: Tensor,
+    ly: Tensor,
+    uy: Tensor,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """Min and max of ``f - a x - b y`` over the candidate points, rounded outward to ``dtype``."""
     x = _pick(xs, lx, lx, ux)
     y = _pick(ys, ly, ly, uy)
-    fxy, ax, by = sigmoid_tanh(x, y), a.unsqueeze(-1) * x, b.unsqueeze(-1) * y
+    fxy, ax, by = f(x, y), a.unsqueeze(-1) * x, b.unsqueeze(-1) * y
     g = fxy - ax - by
     scale = (fxy.abs() + ax.abs() + by.abs()).amax(-1)
-    low, high = _outward(g.amin(-1), g.amax(-1), scale, dtype)
-    return Planes((a.to(dtype), b.to(dtype)), low, high)
+    return _outward(g.amin(-1), g.amax(-1), scale, dtype)
 
 
 def mul_sigmoid_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes:
@@ -279,6 +321,15 @@ def mul_sigmoid_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes
     lx, ux, ly, uy = (t.to(WORK) for t in (lx, ux, ly, uy))
     a = _rounded((torch.sigmoid(ly) + torch.sigmoid(uy)) / 2, dtype)
     b = _rounded((lx + ux) / 2 * _divided_difference(torch.sigmoid, _sigmoid_prime, ly, uy), dtype)
+    low, high = mul_sigmoid_offsets(a, b, lx, ux, ly, uy, dtype)
+    return Planes((a.to(dtype), b.to(dtype)), low, high)
+
+
+def mul_sigmoid_offsets(
+    a: Tensor, b: Tensor, lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Exact (min, max) of ``x sigma(y) - a x - b y`` on the box (float64 inputs, any slopes),
+    rounded outward to ``dtype``; candidates as in :func:`mul_sigmoid_planes`."""
     bd = b.detach()
     nan = torch.full_like(lx, float("nan"))
     xs, ys = [lx, lx, ux, ux], [ly, uy, ly, uy]
@@ -288,13 +339,7 @@ def mul_sigmoid_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes
         yy = _sigmoid_prime_inverse(q)[0]
         xs += [xe, xe]
         ys += [yy, -yy]
-    x = _pick(xs, lx, lx, ux)
-    y = _pick(ys, ly, ly, uy)
-    fxy, ax, by = mul_sigmoid(x, y), a.unsqueeze(-1) * x, b.unsqueeze(-1) * y
-    g = fxy - ax - by
-    scale = (fxy.abs() + ax.abs() + by.abs()).amax(-1)
-    low, high = _outward(g.amin(-1), g.amax(-1), scale, dtype)
-    return Planes((a.to(dtype), b.to(dtype)), low, high)
+    return _binary_extrema(mul_sigmoid, a, b, xs, ys, lx, ux, ly, uy, dtype)
 
 
 def mul_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes:
@@ -303,13 +348,40 @@ def mul_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes:
     lx, ux, ly, uy = (t.to(WORK) for t in (lx, ux, ly, uy))
     a = _rounded((ly + uy) / 2, dtype)
     b = _rounded((lx + ux) / 2, dtype)
-    x = torch.stack([lx, lx, ux, ux], -1)
-    y = torch.stack([ly, uy, ly, uy], -1)
-    fxy, ax, by = x * y, a.unsqueeze(-1) * x, b.unsqueeze(-1) * y
-    g = fxy - ax - by
-    low, high = _outward(g.amin(-1), g.amax(-1), (fxy.abs() + ax.abs() + by.abs()).amax(-1), dtype)
+    low, high = mul_offsets(a, b, lx, ux, ly, uy, dtype)
     return Planes((a.to(dtype), b.to(dtype)), low, high)
+
+
+def mul_offsets(
+    a: Tensor, b: Tensor, lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Exact (min, max) of ``x y - a x - b y`` on the box (bilinear: the corners suffice)."""
+    return _binary_extrema(mul, a, b, [lx, lx, ux, ux], [ly, uy, ly, uy], lx, ux, ly, uy, dtype)
 
 
 mul_sigmoid_interval = _corner_interval(mul_sigmoid)
 mul_interval = _corner_interval(mul)
+
+
+_OFFSETS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+    "tanh": tanh_offsets,
+    "sigmoid": sigmoid_offsets,
+    "relu": relu_offsets,
+    "sigmoid_tanh": sigmoid_tanh_offsets,
+    "mul_sigmoid": mul_sigmoid_offsets,
+    "mul": mul_offsets,
+}
+
+
+def exact_offsets(op: str, slopes: tuple[Tensor, ...] | list[Tensor], *bounds: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact ``(min, max)`` over the box of ``f(x) - sum_i slopes[i] * x_i`` for ARBITRARY slopes.
+
+    ``bounds = (l_1, u_1, ..., l_k, u_k)``; slopes and bounds broadcast together.  The slopes are used
+    as given (exactly, in float64), so a caller must return the very slopes it passes here.  The
+    result is rounded outward to the dtype of ``bounds[0]``: any plane with these slopes and offsets
+    is sound by construction, whatever heuristic chose the slopes.
+    """
+    dtype = bounds[0].dtype
+    ts = torch.broadcast_tensors(*(t.to(WORK) for t in (*slopes, *bounds)))
+    k = len(slopes)
+    return _OFFSETS[op](*ts[:k], *ts[k:], dtype)
