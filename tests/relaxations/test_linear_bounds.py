@@ -65,12 +65,16 @@ def _view(name: str, method: str, side: str) -> OpRelaxation:
     For ``candidates`` the view expects boxes repeated ``K`` times (``repeat_interleave``) and
     returns candidate ``j`` for copy ``j``."""
     base, src = RELAXATIONS[name], _source(name, method)
+    cache: dict[tuple, L.LinearBounds] = {}  # the checks ask for the same boxes repeatedly (LPs are slow)
 
     def planes(*bounds: torch.Tensor) -> Planes:
         orig = bounds
         if method == "candidates":
             orig = tuple(b.reshape(-1, K[name])[:, 0] for b in bounds)
-        lb = src(*orig)
+        key = tuple((b.dtype, b.detach().numpy().tobytes()) for b in orig)
+        if key not in cache:
+            cache[key] = src(*orig)
+        lb = cache[key]
         slopes = lb.lower_slopes if side == "lower" else lb.upper_slopes
         off = lb.lower_offset if side == "lower" else lb.upper_offset
         slopes, off = tuple(s.reshape(-1) for s in slopes), off.reshape(-1)
@@ -158,10 +162,13 @@ def test_well_formed(name: str, dtype: torch.dtype) -> None:
     cb = L.candidate_bounds(name, *bounds)
     for t in (*cb.lower_slopes, *cb.upper_slopes, cb.lower_offset, cb.upper_offset):
         assert t.dtype == dtype and t.shape == (*shape, K[name]) and torch.isfinite(t).all()
-    # batched (2-D) inputs keep their shape
+    # batched (2-D) and empty inputs keep their shape
     b2 = tuple(b[:8].reshape(2, 4) for b in bounds)
-    lb2 = L.linear_bounds(name, *b2)
-    assert lb2.upper_offset.shape == (2, 4)
+    assert L.linear_bounds(name, *b2, method="lp").upper_offset.shape == (2, 4)
+    assert L.candidate_bounds(name, *b2).upper_offset.shape == (2, 4, K[name])
+    empty = tuple(b[:0] for b in bounds)
+    assert L.linear_bounds(name, *empty, method="lp").lower_offset.shape == (0,)
+    assert L.candidate_bounds(name, *empty).lower_offset.shape == (0, K[name])
 
 
 @pytest.mark.parametrize("name", [*UNARY, *BINARY])
@@ -216,7 +223,9 @@ def _binary_volume(lb: L.LinearBounds, bounds: tuple[torch.Tensor, ...]) -> torc
 @pytest.mark.parametrize("name", ["tanh", "sigmoid"])
 def test_deepcert_never_looser_than_parallel(name: str) -> None:
     """Straddling intervals: DeepCert's area is at most the parallel area, and smaller on average
-    (measured: tanh ~0.73x, sigmoid ~0.76x the parallel area on these boxes)."""
+    (measured on these boxes: tanh 0.88x, sigmoid 0.85x the parallel area; DeepCert's lines
+    alone would be 0.92x / 0.85x on average but LOOSER than parallel on 15 % / 5 % of the boxes,
+    hence the per-neuron pick)."""
     g = _gen("area", name)
     lo = -6 * torch.rand(2000, generator=g, dtype=W)
     hi = 6 * torch.rand(2000, generator=g, dtype=W)

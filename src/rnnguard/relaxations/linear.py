@@ -47,8 +47,8 @@ _BISECT = 60
 LP_SAMPLES = 100
 #: extra LP constraints per box edge (R2 uses only the corners; see _region_points)
 LP_EDGE_POINTS = 8
-#: LPs per HiGHS call (block-diagonal); bounds the size of one sparse problem
-LP_CHUNK = 2048
+#: LPs per HiGHS call (block-diagonal); smaller problems solve faster per LP (measured 128 < 512 < 2048)
+LP_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -419,7 +419,7 @@ def candidate_bounds(op: str, *bounds: Tensor) -> LinearBounds:
 
         def stack(lp: Tensor, p: Tensor, dc: Tensor) -> Tensor:
             fb = dc.reshape(-1, 1).cpu()
-            lp = torch.where(ok[:, None], lp, fb).reshape(*shape, -1).to(dev)
+            lp = torch.where(ok[:, None], lp, fb).reshape(*shape, len(REGIONS)).to(dev)
             return torch.cat([lp, p.unsqueeze(-1), dc.unsqueeze(-1)], -1)
 
         lower = [stack(a_lo, par[0], dls[0]), stack(b_lo, par[1], dls[1])]
