@@ -5,7 +5,11 @@ Synthetic inputs with RT's shape (T = 20 frames, d = 50, batch 64, raw-GloVe-lik
 cost of a step does not depend on the values.  The certified methods run at their final eps and
 kappa (the most expensive point of the schedule).
 
-    python benchmarks/train_throughput.py [--cells rnn,lstm,gru] [--hidden 32] [--steps 3]
+    python benchmarks/train_throughput.py [--cells rnn,lstm,gru] [--hidden 32] [--steps 3] [--threads 1]
+                                          [--max-symbols K]
+
+To time another version of the package on the same machine and settings (e.g. before and after a
+change), point ``PYTHONPATH`` at its ``src`` folder: the JSON records which package was timed.
 """
 
 from __future__ import annotations
@@ -20,18 +24,21 @@ import torch
 
 import rnnguard as rg
 from rnnguard.objectives import METHODS, make_objective
+from rnnguard.train import keep_freed_memory
 
 RT_TRAIN = 8530
 
 
-def step_seconds(cell: str, hidden: int, method: str, steps: int, batch: int, eps: float) -> float:
+def step_seconds(cell: str, hidden: int, method: str, steps: int, batch: int, eps: float,
+                 max_symbols: int | None = None) -> float:
     torch.manual_seed(0)
     model = rg.SequenceClassifier(cell, 50, hidden, 2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 20, 50) * 0.4
     y = torch.randint(0, 2, (batch,))
     lengths = torch.randint(8, 21, (batch,))
-    objective = make_objective(method, eps, epochs=1)
+    kwargs = {} if max_symbols is None else {"max_symbols": max_symbols}
+    objective = make_objective(method, eps, epochs=1, **kwargs)
     times = []
     for _ in range(steps + 1):  # first step is a warm-up
         t = time.perf_counter()
@@ -51,20 +58,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--eps", type=float, default=0.03)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--max-symbols", type=int, default=None,
+                        help="training-only cap on non-input noise symbols (certrnn, rnnguard)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_throughput.json")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as rnnguard.train.fit does
     rows = []
     for cell in args.cells.split(","):
         for method in args.methods.split(","):
-            s = step_seconds(cell, args.hidden, method, args.steps, args.batch, args.eps)
+            s = step_seconds(cell, args.hidden, method, args.steps, args.batch, args.eps, args.max_symbols)
             row = {"cell": cell, "hidden": args.hidden, "method": method, "batch": args.batch, "T": 20, "d": 50,
                    "eps": args.eps, "seconds_per_step": s, "rt_epoch_seconds_est": s * RT_TRAIN / args.batch,
-                   "threads": torch.get_num_threads()}
+                   "threads": torch.get_num_threads(), "max_symbols": args.max_symbols}
             rows.append(row)
             print(f"{cell:5s} h={args.hidden} {method:9s} {s:8.3f} s/step  ~{row['rt_epoch_seconds_est']:7.0f} s per RT epoch",
                   flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": platform.machine(), "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"machine": platform.machine(), "package": str(Path(rg.__file__).parent),
+                                    "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnguard.attacks import FGSM, PGD, Attack
-from rnnguard.certify import propagate_margins
+from rnnguard.cells import Program, unroll
+from rnnguard.certify import margin_specification, propagate_margins
+from rnnguard.domains import InterZono, get_domain
 from rnnguard.errors import UnknownNameError
 from rnnguard.models import lower
 from rnnguard.perturbations import AllFrames, FrameSelection, LpBall, OneFrame, Perturbation, Regions
@@ -71,15 +73,40 @@ def _random_frame_regions(threat: Perturbation, x: Tensor, lengths: Tensor) -> R
     return Regions(x - radius, x + radius, masks, torch.arange(B, device=x.device), lengths)
 
 
-@dataclass
+def training_margins(program: Program, regions: Regions, labels: Tensor, domain: str,
+                     max_symbols: int | None = None) -> Tensor:
+    """:func:`rnnguard.certify.propagate_margins` for training: the same propagation, with the
+    zonotope-family symbol tables optionally capped at ``max_symbols`` non-input symbols per value
+    (:meth:`~rnnguard.domains.zonotope.SymbolTable.cap`; sound, looser, much cheaper)."""
+    if max_symbols is None or domain == "box":
+        return propagate_margins(program, regions, labels, domain)
+    frames, constant = get_domain(domain).start(regions)
+    first = frames[0]
+    table = first.main.symbols if isinstance(first, InterZono) else first.symbols
+    table.cap(max_symbols)  # after start(): the input symbols are already handed out and stay exact
+    h = unroll(program, frames, regions.lengths, constant)
+    weight, bias = margin_specification(program, labels)
+    return h.margin_lower(weight, bias)
+
+
+@dataclass(repr=False)
 class CertifiedObjective:
-    """Worst-case loss over ``frames`` with radius ``eps_ramp(epoch)`` bounded in ``domain``."""
+    """Worst-case loss over ``frames`` with radius ``eps_ramp(epoch)`` bounded in ``domain``.
+
+    ``max_symbols`` (zonotope domains): cap on the non-input noise symbols per value, see
+    :func:`training_margins`; ``None`` keeps them all (the certifier's exact propagation)."""
 
     domain: str
     eps_ramp: Ramp
     kappa_ramp: Ramp = field(default_factory=lambda: Ramp(1.0, 0.5))
     frames: FrameSelection = field(default_factory=AllFrames)
     norm: str = "linf"
+    max_symbols: int | None = None
+
+    def __repr__(self) -> str:  # max_symbols only when set: checkpoints from before it existed still resume
+        text = (f"CertifiedObjective(domain={self.domain!r}, eps_ramp={self.eps_ramp!r}, kappa_ramp={self.kappa_ramp!r}, "
+                f"frames={self.frames!r}, norm={self.norm!r}")
+        return text + ("" if self.max_symbols is None else f", max_symbols={self.max_symbols!r}") + ")"
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, lengths: Tensor, *, epoch: float = 0) -> tuple[Tensor, Tensor]:
         logits = model(x, lengths)
@@ -90,7 +117,7 @@ class CertifiedObjective:
         threat = Perturbation(LpBall(eps, self.norm), self.frames)  # type: ignore[arg-type]
         program = lower(model, check=False)
         regions = threat.regions(x, lengths) if not isinstance(self.frames, OneFrame) else _random_frame_regions(threat, x, lengths)
-        per_region = propagate_margins(program, regions, y[regions.sample_index], self.domain)
+        per_region = training_margins(program, regions, y[regions.sample_index], self.domain, self.max_symbols)
         margins = per_region.new_full((x.shape[0], per_region.shape[1]), float("inf"))
         margins = margins.scatter_reduce(0, regions.sample_index[:, None].expand_as(per_region), per_region, reduce="amin")
         robust = F.cross_entropy(worst_case_logits(margins, y, logits.shape[1]), y)
@@ -122,11 +149,13 @@ class AdversarialObjective:
 
 
 def make_objective(method: str, eps: float, *, epochs: float, warmup: float = 0.0, ramp: float | None = None,
-                   kappa_final: float = 0.5, pgd_steps: int = 10) -> Callable[..., tuple[Tensor, Tensor]]:
+                   kappa_final: float = 0.5, pgd_steps: int = 10,
+                   max_symbols: int | None = None) -> Callable[..., tuple[Tensor, Tensor]]:
     """The six training methods by name: regular, fgsm, pgd, ibp, certrnn, rnnguard.
 
     eps (and kappa for certified methods) ramp linearly from ``warmup`` over ``ramp`` epochs
-    (default: half of the remaining epochs)."""
+    (default: half of the remaining epochs).  ``max_symbols`` caps the non-input noise symbols of
+    the zonotope-family methods (certrnn, rnnguard) during training, see :func:`training_margins`."""
     ramp = ramp if ramp is not None else max((epochs - warmup) / 2, 1e-9)
     eps_ramp = Ramp(0.0, eps, warmup, warmup + ramp)
     kappa_ramp = Ramp(1.0, kappa_final, warmup, warmup + ramp)
@@ -139,9 +168,9 @@ def make_objective(method: str, eps: float, *, epochs: float, warmup: float = 0.
     if method == "ibp":
         return CertifiedObjective("box", eps_ramp, kappa_ramp)
     if method == "certrnn":
-        return CertifiedObjective("zonotope", eps_ramp, kappa_ramp, frames=OneFrame())
+        return CertifiedObjective("zonotope", eps_ramp, kappa_ramp, frames=OneFrame(), max_symbols=max_symbols)
     if method == "rnnguard":
-        return CertifiedObjective("interzono", eps_ramp, kappa_ramp)
+        return CertifiedObjective("interzono", eps_ramp, kappa_ramp, max_symbols=max_symbols)
     raise UnknownNameError(f"unknown training method {method!r}; choose one of {sorted(METHODS)}")
 
 

@@ -13,7 +13,6 @@ with one fresh symbol per output neuron.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -27,13 +26,30 @@ Blocks = tuple[tuple[int, int], ...]  # (symbol-block id, number of symbols), in
 
 
 class SymbolTable:
-    """Hands out unique noise-symbol block ids for one propagation."""
+    """Hands out unique noise-symbol block ids for one propagation.
+
+    ``max_symbols`` (training only, see :meth:`cap`) bounds the number of non-input symbols of
+    every value made by a nonlinear operation: beyond it the oldest non-input blocks are boxed
+    into one fresh symbol per neuron (:func:`consolidate`).  ``None`` (the default, and what
+    certification uses) keeps every symbol."""
 
     def __init__(self) -> None:
-        self._next = itertools.count()
+        self._next = 0
+        self.max_symbols: int | None = None
+        self.protected = 0  # block ids below this (the input symbols) are never consolidated
 
     def new_block(self) -> int:
-        return next(self._next)
+        self._next += 1
+        return self._next - 1
+
+    def cap(self, max_symbols: int | None) -> "SymbolTable":
+        """Cap the non-input symbols per value at ``max_symbols``; blocks handed out so far (the
+        input symbols) are kept exactly.  A sound over-approximation that trades precision for
+        speed: for training objectives, never for certification."""
+        if max_symbols is not None and max_symbols < 1:
+            raise ValueError(f"max_symbols must be >= 1 or None, got {max_symbols}")
+        self.max_symbols, self.protected = max_symbols, self._next
+        return self
 
 
 def _offsets(blocks: Blocks) -> dict[int, int]:
@@ -61,31 +77,88 @@ def _runs(blocks: Blocks, where: dict[int, int]) -> list[tuple[int, int, int]]:
 Part = tuple[Tensor | None, Tensor, Blocks]  # (elementwise coefficient (R, n) or None, gens, blocks)
 
 
+def _union(parts: Sequence[Part]) -> Blocks:
+    first_b = parts[0][2]
+    if all(b == first_b for _, _, b in parts[1:]):
+        return first_b
+    merged: dict[int, int] = {}
+    for _, _, bl in parts:
+        merged.update(bl)
+    return tuple(sorted(merged.items()))
+
+
+def _segments(parts: Sequence[Part], union: Blocks) -> list[list[tuple[int, Tensor]]]:
+    """Cut the union layout into maximal segments covered by a fixed set of parts; for each
+    segment, ``(part index, slice of that part's gens)`` in part order.
+
+    Each part is cut with one ``split`` (its backward is one ``cat``), never with separate slices
+    whose backward would zero-fill a full-size gradient per slice."""
+    where = _offsets(union)
+    part_runs = [_runs(bl, where) for _, _, bl in parts]
+    cuts = sorted({0, sum(size for _, size in union)} | {p for runs in part_runs for _, d, n in runs for p in (d, d + n)})
+    index = {c: i for i, c in enumerate(cuts)}
+    segments: list[list[tuple[int, Tensor]]] = [[] for _ in range(len(cuts) - 1)]
+    for k, ((_, g, _), runs) in enumerate(zip(parts, part_runs)):
+        sizes, ids = [], []
+        for _, dst, size in runs:
+            a = dst
+            while a < dst + size:
+                i = index[a]
+                sizes.append(cuts[i + 1] - a)
+                ids.append(i)
+                a = cuts[i + 1]
+        pieces = g.split(sizes, dim=1) if len(sizes) > 1 else (g,) * len(sizes)
+        for i, piece in zip(ids, pieces):
+            segments[i].append((k, piece))
+    return segments
+
+
+def _needs_graph(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _combine_graph(parts: Sequence[Part], union: Blocks, fresh: Tensor | None) -> Tensor:
+    """:func:`_combine` for autograd: one product per covered piece, one ``cat`` for the result
+    (no zero-filled buffer written slice by slice, whose backward zero-fills again)."""
+    out = []
+    for terms in _segments(parts, union):
+        acc = None
+        for k, piece in terms:
+            coef = parts[k][0]
+            if acc is None:
+                acc = piece if coef is None else piece * coef[:, None, :]
+            else:
+                acc = acc + piece if coef is None else torch.addcmul(acc, piece, coef[:, None, :])
+        out.append(acc)
+    if fresh is not None:
+        out.append(torch.diag_embed(fresh))
+    if not out:
+        R, _, n = parts[0][1].shape
+        return parts[0][1].new_zeros(R, 0, n)
+    return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+
 def _combine(parts: Sequence[Part], fresh: Tensor | None = None, fresh_id: int | None = None) -> tuple[Tensor, Blocks]:
     """``sum_i coef_i * gens_i`` after aligning symbol blocks by id, optionally followed by a fresh
     diagonal block ``diag(fresh)`` with id ``fresh_id``.
 
-    Layouts are kept sorted by block id (ids only grow, so fresh blocks go last).  The result is
-    written into one new tensor by contiguous runs of blocks: large generator tensors are the
-    cost of this domain, so no temporaries are made."""
+    Layouts are kept sorted by block id (ids only grow, so fresh blocks go last).  Without
+    autograd the result is written into one new tensor by contiguous runs of blocks: large
+    generator tensors are the cost of this domain, so no temporaries are made.  Under autograd
+    (training) the same sum is built from pieces and concatenated (:func:`_combine_graph`)."""
     _, first_g, first_b = parts[0]
-    if all(b == first_b for _, _, b in parts[1:]):
-        union: Blocks = first_b
-    else:
-        merged: dict[int, int] = {}
-        for _, _, bl in parts:
-            merged.update(bl)
-        union = tuple(sorted(merged.items()))
+    union = _union(parts)
+    extra = 0 if fresh is None else fresh.shape[-1]
+    if _needs_graph(fresh, *(t for c, g, _ in parts for t in (c, g))):
+        total = _combine_graph(parts, union, fresh)
+        return total, union if fresh is None else union + ((fresh_id, extra),)
     R, _, n = first_g.shape
     G = sum(size for _, size in union)
-    extra = 0 if fresh is None else fresh.shape[-1]
     if first_b == union:  # the first operand covers the union: write it instead of zero-filling
         total = first_g.new_empty(R, G + extra, n)
         first_coef = parts[0][0]
         if first_coef is None:
             total[:, :G].copy_(first_g)
-        elif torch.is_grad_enabled() and (first_g.requires_grad or first_coef.requires_grad):
-            total[:, :G].copy_(first_g * first_coef[:, None, :])  # out= does not support autograd
         else:
             torch.mul(first_g, first_coef[:, None, :], out=total[:, :G])
         if extra:
@@ -105,6 +178,53 @@ def _combine(parts: Sequence[Part], fresh: Tensor | None = None, fresh_id: int |
         total[:, G:].diagonal(dim1=1, dim2=2).copy_(fresh)
         union = union + ((fresh_id, extra),)
     return total, union
+
+
+def _abs_sum(gens: Tensor) -> Tensor:
+    """``gens.abs().sum(dim=1)``; under autograd a function whose backward is one in-place pass."""
+    if _needs_graph(gens):
+        return _AbsSum.apply(gens)
+    return gens.abs().sum(dim=1)  # faster than vector_norm(ord=1) over the middle dim
+
+
+class _AbsSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gens: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(gens)
+        return gens.abs().sum(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (gens,) = ctx.saved_tensors
+        return torch.sgn(gens).mul_(grad[:, None, :])
+
+
+def consolidate(gens: Tensor, blocks: Blocks, symbols: SymbolTable) -> tuple[Tensor, Blocks]:
+    """Order reduction for training: when a value has more than ``symbols.max_symbols`` non-input
+    symbols, box its oldest non-input blocks into ONE fresh symbol per neuron (radius = the sum of
+    their absolute coefficients) so that at most half the cap remains.
+
+    Sound: for every value of the removed symbols their contribution lies in ``[-radius, radius]``,
+    which the fresh symbol covers; only correlations through the removed symbols are lost.  The
+    value's interval bounds are unchanged.  Input blocks (ids below ``symbols.protected``) stay."""
+    cap = symbols.max_symbols
+    if cap is None:
+        return gens, blocks
+    n = gens.shape[-1]
+    first = next((i for i, (bid, _) in enumerate(blocks) if bid >= symbols.protected), len(blocks))
+    sizes = [size for _, size in blocks[first:]]
+    if sum(sizes) <= cap or len(sizes) < 2:
+        return gens, blocks
+    keep, kept = len(sizes), 0  # keep the newest blocks while they fit in half the cap (at least one)
+    while keep > 1 and (keep == len(sizes) or kept + sizes[keep - 1] + n <= cap // 2):
+        keep -= 1
+        kept += sizes[keep]
+    a = sum(size for _, size in blocks[:first])
+    b = a + sum(sizes[:keep])
+    head, old, tail = gens.split([a, b - a, gens.shape[1] - b], dim=1)
+    boxed = torch.diag_embed(_abs_sum(old))
+    out = torch.cat([head, tail, boxed], dim=1)
+    return out, blocks[:first] + blocks[first + keep:] + ((symbols.new_block(), n),)
 
 
 @dataclass(frozen=True)
@@ -138,7 +258,7 @@ class Zonotope:
             cached = self.__dict__["_lazy_bounds"]()
             object.__setattr__(self, "_bounds", cached)
         if cached is None:
-            radius = self.gens.abs().sum(dim=1)  # faster than vector_norm(ord=1) over the middle dim
+            radius = _abs_sum(self.gens)
             radius = radius + concretization_slack(self.center.abs(), radius)
             cached = (self.center - radius, self.center + radius)
             object.__setattr__(self, "_bounds", cached)
@@ -156,6 +276,8 @@ class Zonotope:
         center = offset + sum(c * v.center for c, v in zip(coeffs, values))
         fresh_id = None if fresh_radius is None else self.symbols.new_block()
         gens, blocks = _combine([(c, v.gens, v.blocks) for c, v in zip(coeffs, values)], fresh_radius, fresh_id)
+        if self.symbols.max_symbols is not None:
+            gens, blocks = consolidate(gens, blocks, self.symbols)
         return Zonotope(center, gens, blocks, self.symbols)
 
     def __add__(self, other: "Zonotope") -> "Zonotope":
@@ -216,9 +338,21 @@ class Zonotope:
 
     def where(self, keep_self: Tensor, other: "Zonotope") -> "Zonotope":
         k = keep_self[:, None]
+        center = torch.where(k, self.center, other.center)
+        if _needs_graph(self.gens, other.gens):  # select, do not multiply by 0/1 masks
+            parts: list[Part] = [(None, self.gens, self.blocks), (None, other.gens, other.blocks)]
+            union = _union(parts)
+            k3, out = k[:, :, None], []
+            for terms in _segments(parts, union):
+                if len(terms) == 2:
+                    out.append(torch.where(k3, terms[0][1], terms[1][1]))
+                else:
+                    out.append(torch.where(k3 if terms[0][0] == 0 else ~k3, terms[0][1], 0.0))
+            gens = out[0] if len(out) == 1 else torch.cat(out, dim=1)
+            return Zonotope(center, gens, union, self.symbols)
         m = k.to(self.center.dtype).expand_as(self.center)
         gens, blocks = _combine([(m, self.gens, self.blocks), (1 - m, other.gens, other.blocks)])
-        return Zonotope(torch.where(k, self.center, other.center), gens, blocks, self.symbols)
+        return Zonotope(center, gens, blocks, self.symbols)
 
     def meet_interval(self, lower: Tensor, upper: Tensor) -> "Zonotope":
         """A zonotope cannot be intersected with a box and stay a zonotope: unchanged (sound)."""
