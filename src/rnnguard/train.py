@@ -62,9 +62,9 @@ def keep_freed_memory() -> bool:
 
     Certified training allocates and frees generator tensors of tens of MB many times per step;
     glibc serves such sizes with fresh ``mmap`` pages, so every step pays page faults for them
-    again (about a third of a zonotope training step).  This sets ``M_MMAP_MAX = 0`` and a 1 GiB
-    ``M_TRIM_THRESHOLD`` for the process (the peak heap stays mapped until exit).  A no-op
-    returning ``False`` where glibc is absent; idempotent."""
+    again (about a third of a zonotope training step).  This sets ``M_MMAP_MAX = 0`` and turns
+    heap trimming off (``M_TRIM_THRESHOLD = -1``, i.e. SIZE_MAX) for the process: the peak heap
+    stays mapped until exit.  A no-op returning ``False`` where glibc is absent; idempotent."""
     import ctypes
     import ctypes.util
 
@@ -74,7 +74,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
 
 
 # --------------------------------------------------------------------------- objectives
