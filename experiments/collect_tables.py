@@ -78,6 +78,7 @@ def tables(runs: Path) -> str:
             row.append(f"{sum(robust) / len(robust):.1f} ({sum(every) / len(every):.1f}, {len(hist)} ep)")
         out.append(f"| {meth} | " + " | ".join(row) + " |")
     out.append("")
+    out += _targets(cells)
     sweep_rows = []
     for model in ("lstm", "gru"):
         ev_path = runs / _name("rt", model, "rnnguard") / "sweep" / "evaluation.json"
@@ -94,6 +95,50 @@ def tables(runs: Path) -> str:
                 "| model | eps_e | clean % | Zonotope cert % | Zonotope s | InterZono cert % | InterZono s | PGD % | "
                 "violations |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|", *sweep_rows, ""]
     return "\n".join(out)
+
+
+def _targets(cells: dict) -> list[str]:
+    """The issue's targets, checked on whatever has been evaluated."""
+    done = {k: v[0] for k, v in cells.items() if v[0] is not None}
+    out = ["### Targets (computed from the evaluated runs only)", ""]
+    lstm = done.get(("rt", "lstm", "rnnguard"))
+    if lstm is None:
+        out.append("* RNN-Guard RT LSTM-32 >= 55% certified at 0.03 with >= 68% clean: **pending** (not evaluated yet)")
+    else:
+        c, a = lstm["by_eps"][0]["certified"]["interzono"], lstm["clean_accuracy"]
+        ok = c >= 55 and a >= 68
+        out.append(f"* RNN-Guard RT LSTM-32 >= 55% certified at 0.03 with >= 68% clean: **{'met' if ok else 'not met'}** "
+                   f"({c:.1f}% certified, {a:.1f}% clean)")
+    for d, m, _ in COLUMNS:
+        rg = done.get((d, m, "rnnguard"))
+        others = {meth: done[(d, m, meth)]["by_eps"][0]["certified"]["interzono"]
+                  for meth in METHODS[:-1] if (d, m, meth) in done}
+        label = f"{'RT' if d == 'rt' else 'TC'} {m.upper()}-32"
+        if rg is None:
+            out.append(f"* RNN-Guard beats every other method by >= 15 points, {label}: **pending**")
+            continue
+        c = rg["by_eps"][0]["certified"]["interzono"]
+        best = max(others.items(), key=lambda kv: kv[1]) if others else ("-", float("nan"))
+        paper = {k: v for k, v in others.items() if k != "ibp"}
+        pbest = max(paper.items(), key=lambda kv: kv[1]) if paper else ("-", float("nan"))
+        missing = [meth for meth in METHODS[:-1] if (d, m, meth) not in done]
+        out.append(f"* RNN-Guard beats every other method by >= 15 points, {label}: RNN-Guard {c:.1f}%; "
+                   f"best other {best[0]} {best[1]:.1f}% (margin {c - best[1]:+.1f}: "
+                   f"**{'met' if c - best[1] >= 15 else 'not met'}**); best of the paper's baselines "
+                   f"(regular/fgsm/pgd/certrnn) {pbest[0]} {pbest[1]:.1f}% (margin {c - pbest[1]:+.1f})"
+                   + (f"; not yet evaluated: {', '.join(missing)}" if missing else ""))
+    worse = [(k, e["eps"], e["certified"]["interzono"], e["certified"]["zonotope"])
+             for k, ev in done.items() for e in ev["by_eps"] if e["certified"]["interzono"] < e["certified"]["zonotope"]]
+    strict_lstm = [k[2] for k, ev in done.items() if k[1] == "lstm"
+                   for e in ev["by_eps"] if e["certified"]["interzono"] > e["certified"]["zonotope"]]
+    out.append(f"* InterZono >= Zonotope everywhere: **{'met' if not worse else 'not met'}** on {len(done)} evaluated "
+               f"runs{'' if not worse else ' (exceptions: ' + repr(worse) + ')'}; strictly better on LSTM-32 for: "
+               f"{', '.join(strict_lstm) or 'none yet'}")
+    violations = sum(ev["soundness_violations"] for ev in done.values())
+    out.append(f"* Zero soundness violations: **{'met' if violations == 0 else 'NOT MET'}** ({violations} over "
+               f"{len(done)} evaluated runs)")
+    out.append("")
+    return out
 
 
 def copy_records(runs: Path, dest: Path) -> None:
