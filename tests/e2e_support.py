@@ -27,7 +27,9 @@ from rnnguard.models import lower, run_program
 from rnnguard.perturbations import Regions
 
 KINDS = ("rnn", "rnn_relu", "lstm", "gru")
-DOMAIN_NAMES = ("box", "zonotope", "interzono")
+DOMAIN_NAMES = ("box", "zonotope", "interzono", "backsub", "backsub-opt", "hybrid")
+# domains that bound l_2 balls exactly (dual norm) rather than through the enclosing box
+EXACT_L2_DOMAINS = frozenset({"backsub", "backsub-opt", "hybrid"})
 # soundness tolerance in float64 (bounds are outward-rounded; concrete evaluation is not)
 TOL = 1e-9
 
@@ -132,8 +134,12 @@ def evaluate_points(program: Program, points: Tensor, regions: Regions, labels: 
 
 
 def pgd_min_margins(program: Program, lower: Tensor, upper: Tensor, lengths: Tensor, labels: Tensor, *,
-                    steps: int = 50, restarts: int = 3, seed: int = 0) -> Tensor:
+                    steps: int = 50, restarts: int = 3, seed: int = 0,
+                    ball: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Smallest margin found by a sign-gradient PGD attack inside each box ``[lower, upper]``.
+
+    ``ball = (center (R, T, d), eps (R, T))`` also keeps every frame in its l_2 ball (iterates are
+    projected onto the ball, then clamped into the box, which contains the centre: feasible).
 
     ``lower/upper (R, T, d)``, ``lengths (R,)``, ``labels (R,)`` (per box).  Each margin
     ``k`` is attacked separately; restart 0 starts at the box centre, the others at uniform
@@ -152,6 +158,18 @@ def pgd_min_margins(program: Program, lower: Tensor, upper: Tensor, lengths: Ten
     u[: K * R] = 0.5  # restart 0: the centre
     x = lo + (hi - lo) * u
     radius = (hi - lo) / 2
+
+    def project(z: Tensor) -> Tensor:
+        z = torch.minimum(torch.maximum(z, lo), hi)
+        if ball is None:
+            return z
+        c = ball[0].unsqueeze(0).expand(n, R, T, d).reshape(n * R, T, d)
+        e = ball[1].unsqueeze(0).expand(n, R, T).reshape(n * R, T, 1)
+        delta = z - c
+        delta = delta * torch.clamp(e / delta.norm(dim=-1, keepdim=True).clamp_min(1e-300), max=1.0)
+        return torch.minimum(torch.maximum(c + delta, lo), hi)
+
+    x = project(x)
     best = torch.full((n * R,), float("inf"), dtype=lo.dtype)
     for step in range(steps + 1):
         x = x.detach().requires_grad_(True)
@@ -161,7 +179,7 @@ def pgd_min_margins(program: Program, lower: Tensor, upper: Tensor, lengths: Ten
             break
         (grad,) = torch.autograd.grad(obj.sum(), x)
         alpha = radius * (0.5 * (1 - step / steps) + 0.02)
-        x = torch.minimum(torch.maximum(x.detach() - alpha * grad.sign(), lo), hi)
+        x = project(x.detach() - alpha * grad.sign())
     return best.reshape(restarts, K, R).amin(0).T
 
 

@@ -97,11 +97,23 @@ def validate_inputs(program: Program, x: Tensor, y: Tensor, lengths: Tensor | No
 
 
 def propagate_margins(program: Program, regions: Regions, labels: Tensor, domain: str) -> Tensor:
-    """Lower bounds ``(R, C-1)`` of the margins over each region, in the given domain."""
-    frames, constant = get_domain(domain).start(regions)
+    """Lower bounds ``(R, C-1)`` of the margins over each region, in the given domain.
+
+    A meet of domains (``hybrid``) also runs its components alone on the regions it leaves
+    uncertified and keeps the max, so it certifies everything either component certifies and its
+    margins there are never looser (relaxations are not monotone in their input boxes, so feeding
+    a component tighter intermediate bounds can, rarely, loosen its final bound)."""
+    spec = get_domain(domain)
+    frames, constant = spec.start(regions)
     h = unroll(program, frames, regions.lengths, constant)
     weight, bias = margin_specification(program, labels)
-    return h.margin_lower(weight, bias)
+    margins = h.margin_lower(weight, bias)
+    for part in spec.components:
+        open_rows = (~(margins > 0).all(dim=1)).nonzero(as_tuple=True)[0]
+        if open_rows.numel():
+            alone = propagate_margins(program, regions.select(open_rows), labels[open_rows], part)
+            margins[open_rows] = torch.maximum(margins[open_rows], alone)
+    return margins
 
 
 def certify(
@@ -132,8 +144,7 @@ def certify(
     chunks = []
     with torch.no_grad():
         for s in range(0, R, batch_size):
-            part = Regions(*(t[s : s + batch_size] for t in (regions.lower, regions.upper, regions.masks,
-                                                             regions.sample_index, regions.lengths)))
+            part = regions.select(slice(s, s + batch_size))
             chunks.append(propagate_margins(program, part, y.to(x.device)[part.sample_index], domain))
     per_region = torch.cat(chunks)
     B = x.shape[0]

@@ -117,13 +117,23 @@ class Regions:
     """Boxes over sequences that the verifier propagates: ``lower/upper[R, T, d]``.
 
     ``masks[R, T]`` marks the frames that move; ``sample_index[R]`` maps a region to its sample;
-    ``lengths[R]`` is that sample's length."""
+    ``lengths[R]`` is that sample's length.  For l_2 balls ``ball_center[R, T, d]`` and
+    ``ball_eps[R, T]`` describe the exact balls (the boxes enclose them), for domains that can
+    use them (back-substitution concretises them through the dual norm)."""
 
     lower: Tensor
     upper: Tensor
     masks: Tensor
     sample_index: Tensor
     lengths: Tensor
+    ball_center: Tensor | None = None
+    ball_eps: Tensor | None = None
+
+    def select(self, rows: slice | Tensor) -> "Regions":
+        """The regions ``rows`` (a slice or an index tensor)."""
+        pick = lambda t: None if t is None else t[rows]  # noqa: E731
+        return Regions(self.lower[rows], self.upper[rows], self.masks[rows], self.sample_index[rows],
+                       self.lengths[rows], pick(self.ball_center), pick(self.ball_eps))
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,9 @@ class Perturbation:
         lower, upper = center - radius, center + radius
         if self.clip is not None:
             lower, upper = lower.clamp(*self.clip), upper.clamp(*self.clip)
+        if self.ball.norm == "l2":
+            return Regions(lower, upper, masks, sample_index, lengths[sample_index], center,
+                           self.ball.eps * masks.to(x.dtype))
         return Regions(lower, upper, masks, sample_index, lengths[sample_index])
 
     def contains(self, x0: Tensor, x: Tensor, lengths: Tensor | None = None, *, tol: float = 1e-6) -> Tensor:

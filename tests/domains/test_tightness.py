@@ -8,6 +8,9 @@
   Zonotope's.  The failing cases below are strict xfails with the reported counterexample
   ``test_theorem2_minimal_counterexample`` (a 1-neuron, 1-step GRU that Zonotope certifies and
   InterZono does not).
+* Back-substitution (plain, optimised, hybrid) >= Box on every region (interval shadow); the hybrid
+  domain certifies whatever InterZono or back-substitution certify and is >= both on the regions
+  it leaves uncertified; the optimised mode >= the plain one.
 * Theorem 1: all-frame certified => one-frame certified, and all-frame margin bounds <= the
   one-frame (and first/last-frame) ones, for every domain.
 * eps = 0: every domain returns exactly the clean margins (to 1e-9).
@@ -96,6 +99,30 @@ def test_interzono_at_least_zonotope(case, frames, eps):
     assert worst >= -TOL, f"InterZono below Zonotope by {-worst:.3e}"
 
 
+@pytest.mark.parametrize("case,frames,eps", CASE_THREATS, ids=[_ids(p) for p in CASE_THREATS])
+def test_backsub_family_ordering(case, frames, eps):
+    box = case_bounds(case, frames, eps, "box")
+    bs = case_bounds(case, frames, eps, "backsub")
+    opt = case_bounds(case, frames, eps, "backsub-opt")
+    hyb = case_bounds(case, frames, eps, "hybrid")
+    iz = case_bounds(case, frames, eps, "interzono")
+    for name, value in (("backsub", bs), ("backsub-opt", opt), ("hybrid", hyb)):
+        assert (value >= box - TOL).all(), f"{name} below Box by {float((box - value).max()):.3e}"
+    assert (opt >= bs - TOL).all(), "optimised back-substitution below the plain one"
+    # the hybrid reruns its components on the regions it leaves open: there it is >= both, and it
+    # certifies every region either component certifies
+    open_rows = ~(hyb > 0).all(dim=1)
+    assert (hyb[open_rows] >= iz[open_rows] - TOL).all() and (hyb[open_rows] >= bs[open_rows] - TOL).all()
+    for comp in (iz, bs):
+        assert not ((comp > 0).all(dim=1) & open_rows).any(), "hybrid misses a certificate of a component"
+
+
+def test_backsub_beats_interzono_somewhere():
+    """Sanity check: back-substitution and the hybrid are strictly tighter on some test regions."""
+    gains = [(case_bounds(c, "all", 0.3, "hybrid") - case_bounds(c, "all", 0.3, "interzono")).max() for c in CASES]
+    assert max(float(g) for g in gains) > 1e-3
+
+
 def test_zonotope_beats_box_somewhere():
     """Sanity check of the test cases: the relational domains are actually more precise."""
     gains = [float((case_bounds(c, "all", 0.3, "zonotope") - case_bounds(c, "all", 0.3, "box")).max())
@@ -128,9 +155,18 @@ def test_theorem2_minimal_counterexample():
 
 
 # ----------------------------------------------------------------------------- Theorem 1
+# Theorem 1's bound ORDER (all-frame bound <= one-frame bound) is a property of the zonotope-family
+# transformers.  Back-substitution picks its lines from each box, and lines are not monotone in the
+# box, so on a larger region it can (rarely) come out marginally tighter: lstm-L2-s1 at eps 0.05
+# gives all-frame -0.1163597 vs one-frame -0.1163654.  That is not a soundness issue (both are
+# lower bounds of the true minimum, checked by the containment tests), so the order is asserted
+# for the domains where it is a theorem.
+THEOREM1_DOMAINS = ("box", "zonotope", "interzono")
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 @pytest.mark.parametrize("eps", EPSILONS)
-@pytest.mark.parametrize("domain", DOMAIN_NAMES)
+@pytest.mark.parametrize("domain", THEOREM1_DOMAINS)
 def test_all_frames_is_the_hardest_threat(case, eps, domain):
     all_m = certified_margins(case, "all", eps, domain)
     one_m = certified_margins(case, "one", eps, domain)

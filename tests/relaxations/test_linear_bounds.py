@@ -56,6 +56,8 @@ def _boxes(name: str, dtype: torch.dtype, per: int) -> tuple[torch.Tensor, ...]:
 def _source(name: str, method: str) -> Callable[..., L.LinearBounds]:
     if method == "candidates":
         return lambda *b: L.candidate_bounds(name, *b)
+    if method == "candidates-closed":
+        return lambda *b: L.candidate_bounds(name, *b, lp=False)
     return lambda *b: L.linear_bounds(name, *b, method=method)
 
 
@@ -69,7 +71,7 @@ def _view(name: str, method: str, side: str) -> OpRelaxation:
 
     def planes(*bounds: torch.Tensor) -> Planes:
         orig = bounds
-        if method == "candidates":
+        if method.startswith("candidates"):
             orig = tuple(b.reshape(-1, K[name])[:, 0] for b in bounds)
         key = tuple((b.dtype, b.detach().numpy().tobytes()) for b in orig)
         if key not in cache:
@@ -85,7 +87,9 @@ def _view(name: str, method: str, side: str) -> OpRelaxation:
 
 
 def _methods(name: str) -> list[str]:
-    return ["deepcert", "candidates"] + (["lp"] if name in ("sigmoid_tanh", "mul_sigmoid") else [])
+    binary = name in BINARY
+    return ["deepcert", "candidates"] + (["candidates-closed"] if binary else []) + (
+        ["lp"] if name in ("sigmoid_tanh", "mul_sigmoid") else [])
 
 
 def _sound_cases() -> list:
@@ -100,7 +104,7 @@ def _sound_cases() -> list:
 
 def _case_bounds(name: str, method: str, dtype: torch.dtype, per: int) -> list[torch.Tensor]:
     bounds = list(_boxes(name, dtype, per))
-    if method == "candidates":
+    if method.startswith("candidates"):
         bounds = [b.repeat_interleave(K[name]) for b in bounds]
     return bounds
 
@@ -108,7 +112,7 @@ def _case_bounds(name: str, method: str, dtype: torch.dtype, per: int) -> list[t
 @pytest.mark.parametrize("name, method, dtype, side", _sound_cases())
 def test_no_violation(name: str, method: str, dtype: torch.dtype, side: str) -> None:
     unary = RELAXATIONS[name].arity == 1
-    per = 16 if unary else (2 if method == "candidates" else 4)
+    per = 16 if unary else (2 if method.startswith("candidates") else 4)
     bounds = _case_bounds(name, method, dtype, per)
     view = _view(name, method, side)
     lows, highs = bounds[0::2], bounds[1::2]
@@ -136,7 +140,7 @@ def test_tightest_points_hold_in_exact_arithmetic(name: str, method: str, dtype:
     per = 2 if RELAXATIONS[name].arity == 1 else 1
     bounds = _case_bounds(name, method, dtype, per)
     if RELAXATIONS[name].arity == 2:  # a spread of 16 of the 64 family pairs
-        copies = K[name] if method == "candidates" else 1
+        copies = K[name] if method.startswith("candidates") else 1
         keep = torch.arange(bounds[0].numel()).reshape(-1, copies)[::4].reshape(-1)
         bounds = [b[keep] for b in bounds]
     for side in ("lower", "upper"):
@@ -159,9 +163,9 @@ def test_well_formed(name: str, dtype: torch.dtype) -> None:
         assert len(lb.lower_slopes) == len(lb.upper_slopes) == arity
         for t in (*lb.lower_slopes, *lb.upper_slopes, lb.lower_offset, lb.upper_offset):
             assert t.dtype == dtype and t.shape == shape and torch.isfinite(t).all()
-    cb = L.candidate_bounds(name, *bounds)
-    for t in (*cb.lower_slopes, *cb.upper_slopes, cb.lower_offset, cb.upper_offset):
-        assert t.dtype == dtype and t.shape == (*shape, K[name]) and torch.isfinite(t).all()
+    for cb in (L.candidate_bounds(name, *bounds), L.candidate_bounds(name, *bounds, lp=False)):
+        for t in (*cb.lower_slopes, *cb.upper_slopes, cb.lower_offset, cb.upper_offset):
+            assert t.dtype == dtype and t.shape == (*shape, K[name]) and torch.isfinite(t).all()
     # batched (2-D) and empty inputs keep their shape
     b2 = tuple(b[:8].reshape(2, 4) for b in bounds)
     assert L.linear_bounds(name, *b2, method="lp").upper_offset.shape == (2, 4)

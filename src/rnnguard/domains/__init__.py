@@ -13,7 +13,9 @@ import torch
 from torch import Tensor
 
 from rnnguard.domains.base import AbstractValue
+from rnnguard.domains.backsub import Graph, LinExpr, OptimiseOptions, input_expressions
 from rnnguard.domains.box import Box
+from rnnguard.domains.hybrid import Meet
 from rnnguard.domains.intersection import InterZono
 from rnnguard.domains.point import Point
 from rnnguard.domains.zonotope import SymbolTable, Zonotope
@@ -59,6 +61,7 @@ class Domain:
     name: str
     start: Start
     description: str
+    components: tuple[str, ...] = ()  # a meet of these domains: its margins are also maxed with theirs
 
 
 def _start_box(regions: Regions) -> tuple[list[AbstractValue], Callable[[Tensor], AbstractValue]]:
@@ -77,11 +80,42 @@ def _start_interzono(regions: Regions) -> tuple[list[AbstractValue], Callable[[T
     return frames, lambda x: InterZono(Zonotope.point(x, main), Zonotope.point(x, support))
 
 
+def _backsub_start(method: str, optimise: bool, lp_candidates: bool = False) -> Start:
+    def start(regions: Regions) -> tuple[list[AbstractValue], Callable[[Tensor], AbstractValue]]:
+        graph = Graph(method, OptimiseOptions() if optimise else None, lp_candidates=lp_candidates)
+        frames = input_expressions(graph, regions.lower, regions.upper, regions.masks, regions.ball_center,
+                                   regions.ball_eps)
+        return frames, lambda x: LinExpr.constant(graph, x)
+
+    return start
+
+
+def _meet_start(first: Start, second: Start) -> Start:
+    def start(regions: Regions) -> tuple[list[AbstractValue], Callable[[Tensor], AbstractValue]]:
+        (fa, ca), (fb, cb) = first(regions), second(regions)
+        return [Meet(a, b) for a, b in zip(fa, fb)], lambda x: Meet(ca(x), cb(x))
+
+    return start
+
+
 DOMAINS: dict[str, Domain] = {
     "box": Domain("box", _start_box, "interval bound propagation"),
     "zonotope": Domain("zonotope", _start_zonotope, "Cert-RNN zonotopes with parallel-plane transformers"),
     "interzono": Domain("interzono", _start_interzono, "RNN-Guard InterZono: main zonotope ∩ support box-zonotope"),
+    "backsub": Domain("backsub", _backsub_start("deepcert", False),
+                      "back-substitution with DeepCert lines (tanh, sigmoid) and corner-fit planes (products)"),
+    "backsub-parallel": Domain("backsub-parallel", _backsub_start("parallel", False),
+                               "back-substitution with Cert-RNN's parallel planes"),
+    "backsub-lp": Domain("backsub-lp", _backsub_start("lp", False), "back-substitution with R2's LP planes"),
+    "backsub-opt": Domain("backsub-opt", _backsub_start("deepcert", True),
+                          "back-substitution with optimised convex combinations of closed-form candidate planes"),
+    "r2-opt": Domain("r2-opt", _backsub_start("lp", True, lp_candidates=True),
+                     "R2-OPT: LP planes, optimised convex combinations of LP-fitted candidates (slow)"),
 }
+DOMAINS["hybrid"] = Domain("hybrid", _meet_start(_start_interzono, DOMAINS["backsub"].start),
+                           "InterZono ∩ back-substitution, neuron by neuron", ("interzono", "backsub"))
+DOMAINS["hybrid-opt"] = Domain("hybrid-opt", _meet_start(_start_interzono, DOMAINS["backsub-opt"].start),
+                               "InterZono ∩ R2-OPT back-substitution", ("interzono", "backsub-opt"))
 
 
 def get_domain(name: str) -> Domain:
@@ -91,4 +125,5 @@ def get_domain(name: str) -> Domain:
         raise UnknownNameError(f"unknown domain {name!r}; choose one of {sorted(DOMAINS)}") from None
 
 
-__all__ = ["DOMAINS", "Domain", "get_domain", "Box", "Zonotope", "InterZono", "Point", "SymbolTable", "input_zonotopes"]
+__all__ = ["DOMAINS", "Domain", "get_domain", "Box", "Zonotope", "InterZono", "Point", "SymbolTable", "input_zonotopes",
+           "LinExpr", "Meet"]

@@ -1,0 +1,395 @@
+"""Back-substitution domain (DeepPoly / CROWN style, as R2 uses for LSTMs).
+
+Every nonlinear operation creates a *node* of a graph shared by one propagation.  A node keeps a
+linear lower and an upper bound of its output in terms of its operands (see
+:mod:`rnnguard.relaxations.linear`), and the operands are affine expressions over earlier nodes.
+An abstract value (:class:`LinExpr`) is an affine expression ``sum_node C_node @ node + const``.
+Its concrete bounds come from substituting node bounds backwards, newest node first (node ids
+grow in creation order, so this is a reverse topological order), through every time step and
+layer down to the input frames, where the input sets are concretised exactly: a box, and for
+l_2 balls the dual norm (``c.x0 - eps ||c||_2``), intersected with the clipping box.
+
+Margins ``y_true - y_other`` are back-substituted directly from the specification.  Each value
+also carries an interval *shadow* computed by interval arithmetic from its operands' final
+bounds; bounds are intersected with it, so this domain is never looser than Box on any neuron nor
+on the margins (interval extensions are inclusion-monotone).
+
+Optimised mode (R2-OPT, alpha-CROWN-like): every node also keeps ``K`` sound candidate planes per
+neuron; the margin's back-substitution uses per-margin convex combinations ``softmax(theta)``
+of them, and ``theta`` is trained by Adam to raise the margins' lower bounds, stopping early on
+regions already certified.  Intermediate bounds stay those of the first pass (papers-notes A2.5),
+so every combination -- every iterate -- is a sound bound, and the best one seen is returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from rnnguard.domains.base import add_bias, concretization_slack, linear
+from rnnguard.relaxations import RELAXATIONS
+from rnnguard.relaxations.linear import LinearBounds, candidate_bounds, linear_bounds
+
+# Relative outward slack on back-substituted bounds: covers the floating-point error of the
+# accumulated products (n u |A||B| per matmul) for thousands of chained operations.
+_BACKSUB_SLACK_ULPS = 4096.0
+# float32 certification is documented as not float-sound; a smaller slack keeps it close to float64
+_FLOAT32_SLACK_ULPS = 256.0
+
+
+@dataclass
+class OptimiseOptions:
+    """R2-OPT settings: Adam on the candidate-plane weights, early exit once certified."""
+
+    steps: int = 40
+    lr: float = 0.5
+    patience: int = 8  # stop a run whose best bound has not improved for this many steps
+
+
+@dataclass(eq=False)
+class InputNode:
+    """One frame's input set: box ``center +- radius``; for l_2 also the ball ``|x - ball_center| <= ball_eps``."""
+
+    id: int
+    center: Tensor  # (R, d)
+    radius: Tensor  # (R, d)
+    ball_center: Tensor | None = None
+    ball_eps: Tensor | None = None  # (R,)
+
+
+@dataclass(eq=False)
+class OpNode:
+    """An elementwise nonlinear operation ``f(operands)`` with its planes on the operands' bounds."""
+
+    id: int
+    op: str
+    operands: tuple["LinExpr", ...]
+    planes: LinearBounds  # tensors (R, n)
+    candidates: LinearBounds | None = None  # tensors (R, n, K), optimised mode only
+
+
+@dataclass(eq=False)
+class Graph:
+    """The nodes of one propagation and the relaxation settings."""
+
+    method: str = "deepcert"
+    optimise: OptimiseOptions | None = None
+    nodes: list = field(default_factory=list)
+    lp_candidates: bool = False  # optimised mode: R2's LP-fitted candidates (slow) or closed-form ones
+
+    def add(self, node_type: type, **kwargs) -> "InputNode | OpNode":
+        node = node_type(id=len(self.nodes), **kwargs)
+        self.nodes.append(node)
+        return node
+
+
+Coefficient = Tensor  # (m, n) shared by all regions, or (R, m, n)
+
+
+def _rows(c: Coefficient, rows: slice) -> Coefficient:
+    return c[..., rows, :]
+
+
+def _matmul(left: Tensor, coef: Coefficient) -> Tensor:
+    """``left (R, k, m) @ coef`` with ``coef (m, n)`` or ``(R, m, n)``."""
+    return left @ coef
+
+
+def _add_coef(acc: dict[int, Tensor], key: int, value: Tensor) -> None:
+    acc[key] = value if key not in acc else acc[key] + value
+
+
+@dataclass(frozen=True, eq=False)
+class LinExpr:
+    """``sum_i terms[i] @ node_i + const`` over the nodes of ``graph``; ``box`` is its interval shadow."""
+
+    graph: Graph
+    terms: dict[int, Coefficient]
+    const: Tensor  # (R, m)
+    box: tuple[Tensor, Tensor]
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def constant(cls, graph: Graph, value: Tensor) -> "LinExpr":
+        out = cls(graph, {}, value, (value, value))
+        object.__setattr__(out, "_bounds", (value, value))
+        return out
+
+    @classmethod
+    def of_node(cls, graph: Graph, node_id: int, n: int, like: Tensor, box: tuple[Tensor, Tensor]) -> "LinExpr":
+        eye = torch.eye(n, dtype=like.dtype, device=like.device)
+        return cls(graph, {node_id: eye}, torch.zeros_like(box[0]), box)
+
+    # ------------------------------------------------------------------ protocol
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        cached = self.__dict__.get("_bounds")
+        if cached is None:
+            if not self.terms:
+                cached = (self.const, self.const)
+            else:
+                m = self.const.shape[-1]
+                stacked = {k: torch.cat([c, -c], dim=-2) for k, c in self.terms.items()}
+                low = _backsub(self.graph, stacked, torch.cat([self.const, -self.const], dim=-1))
+                lo, hi = low[:, :m], -low[:, m:]
+                cached = (torch.maximum(lo, self.box[0]), torch.minimum(hi, self.box[1]))
+            object.__setattr__(self, "_bounds", cached)
+        return cached
+
+    def _shadow_bounds(self) -> tuple[Tensor, Tensor]:
+        return self.__dict__.get("_bounds") or self.box
+
+    def affine(self, weight: Tensor, bias: Tensor | None = None) -> "LinExpr":
+        terms = {k: weight @ c for k, c in self.terms.items()}
+        lo, hi = self._shadow_bounds()
+        center, radius = (hi + lo) / 2, (hi - lo) / 2
+        c = add_bias(linear(center, weight), bias)
+        r = linear(radius, weight.abs())
+        r = r + concretization_slack(c.abs(), r)
+        return LinExpr(self.graph, terms, add_bias(linear(self.const, weight), bias), (c - r, c + r))
+
+    def __add__(self, other: "LinExpr") -> "LinExpr":
+        terms = dict(self.terms)
+        for k, c in other.terms.items():
+            _add_coef(terms, k, c)
+        (la, ha), (lb, hb) = self._shadow_bounds(), other._shadow_bounds()
+        lo, hi = la + lb, ha + hb
+        slack = concretization_slack(torch.maximum(lo.abs(), hi.abs()), torch.zeros_like(lo))
+        return LinExpr(self.graph, terms, self.const + other.const, (lo - slack, hi + slack))
+
+    def __neg__(self) -> "LinExpr":
+        lo, hi = self._shadow_bounds()
+        out = LinExpr(self.graph, {k: -c for k, c in self.terms.items()}, -self.const, (-hi, -lo))
+        if "_bounds" in self.__dict__:
+            object.__setattr__(out, "_bounds", (-hi, -lo))
+        return out
+
+    def chunk(self, parts: int) -> Sequence["LinExpr"]:
+        """Split the neurons into gates; bounds are computed once for the whole value when first needed."""
+        n = self.const.shape[-1] // parts
+        shared: dict[str, tuple[Tensor, Tensor]] = {}
+        out = []
+        for p in range(parts):
+            rows = slice(p * n, (p + 1) * n)
+            piece = _LazyPiece(self.graph, {k: _rows(c, rows) for k, c in self.terms.items()}, self.const[:, rows],
+                               (self.box[0][:, rows], self.box[1][:, rows]))
+            object.__setattr__(piece, "_parent", (self, rows, shared))
+            out.append(piece)
+        return out
+
+    def apply(self, op: str, *others: "LinExpr") -> "LinExpr":
+        return _apply(self.graph, op, (self, *others))
+
+    @classmethod
+    def apply_sum(cls, terms: Sequence[tuple[str, Sequence["LinExpr"]]]) -> "LinExpr":
+        values = [_apply(vals[0].graph, op, tuple(vals)) for op, vals in terms]
+        out = values[0]
+        for v in values[1:]:
+            out = out + v
+        return out
+
+    def where(self, keep_self: Tensor, other: "LinExpr") -> "LinExpr":
+        k = keep_self.to(self.const.dtype)
+        terms: dict[int, Tensor] = {}
+        for key, c in self.terms.items():
+            _add_coef(terms, key, k[:, None, None] * c)
+        for key, c in other.terms.items():
+            _add_coef(terms, key, (1 - k)[:, None, None] * c)
+        kk = keep_self[:, None]
+        (la, ha), (lb, hb) = self._shadow_bounds(), other._shadow_bounds()
+        return LinExpr(self.graph, terms, torch.where(kk, self.const, other.const),
+                       (torch.where(kk, la, lb), torch.where(kk, ha, hb)))
+
+    def meet_interval(self, lower: Tensor, upper: Tensor) -> "LinExpr":
+        """The same expression with bounds refined by a box known to contain it."""
+        lo, hi = self.bounds()
+        out = LinExpr(self.graph, self.terms, self.const, self.box)
+        object.__setattr__(out, "_bounds", (torch.maximum(lo, lower), torch.minimum(hi, upper)))
+        return out
+
+    def margin_lower(self, weight: Tensor, bias: Tensor) -> Tensor:
+        """Lower bounds of ``weight @ value + bias`` (weight ``(R, k, n)``), back-substituted directly."""
+        spec = self.affine(weight, bias)
+        lo_box = spec.box[0]
+        if not spec.terms:
+            return torch.maximum(spec.const, lo_box)
+        terms = {k: (c if c.dim() == 3 else c.expand(spec.const.shape[0], *c.shape)) for k, c in spec.terms.items()}
+        best = torch.maximum(_backsub(self.graph, terms, spec.const), lo_box)
+        if self.graph.optimise is not None:
+            best = _optimise(self.graph, terms, spec.const, best, self.graph.optimise)
+        return best
+
+
+class _LazyPiece(LinExpr):
+    """A gate of a chunked value: its bounds are a slice of the parent's (one back-substitution)."""
+
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        if "_bounds" not in self.__dict__:
+            parent, rows, shared = self.__dict__["_parent"]
+            if "b" not in shared:
+                shared["b"] = parent.bounds()
+            lo, hi = shared["b"]
+            object.__setattr__(self, "_bounds", (lo[:, rows], hi[:, rows]))
+        return self.__dict__["_bounds"]
+
+
+def _apply(graph: Graph, op: str, operands: tuple[LinExpr, ...]) -> LinExpr:
+    bounds = [t for v in operands for t in v.bounds()]
+    planes = linear_bounds(op, *bounds, method=graph.method)
+    candidates = candidate_bounds(op, *bounds, lp=graph.lp_candidates) if graph.optimise is not None else None
+    box = RELAXATIONS[op].interval(*bounds)
+    node = graph.add(OpNode, op=op, operands=operands, planes=planes, candidates=candidates)
+    return LinExpr.of_node(graph, node.id, box[0].shape[-1], box[0], box)
+
+
+def input_expressions(graph: Graph, lower: Tensor, upper: Tensor, masks: Tensor,
+                      ball_center: Tensor | None = None, ball_eps: Tensor | None = None) -> list[LinExpr]:
+    """One value per frame of boxes ``lower/upper (R, T, d)``.
+
+    ``ball_center (R, T, d)`` / ``ball_eps (R, T)`` add exact l_2 balls (intersected with the boxes)."""
+    values = []
+    for t in range(lower.shape[1]):
+        lo, hi = lower[:, t], upper[:, t]
+        # fixed frames are input nodes of radius 0 too (not constants): the arithmetic, and so the
+        # rounding slack, of a region must not depend on which other regions share its batch
+        node = graph.add(InputNode, center=(hi + lo) / 2, radius=(hi - lo) / 2,
+                         ball_center=None if ball_center is None else ball_center[:, t],
+                         ball_eps=None if ball_eps is None else ball_eps[:, t])
+        values.append(LinExpr.of_node(graph, node.id, lo.shape[-1], lo, (lo, hi)))
+    return values
+
+
+# ---------------------------------------------------------------------------------- back-substitution
+def _combined(planes: LinearBounds, weights: tuple[Tensor, Tensor] | None) -> LinearBounds:
+    """Planes as used for one back-substitution: ``(R, 1, n)`` tensors, or per-row convex combinations."""
+    if weights is None:
+        return LinearBounds(tuple(s[:, None] for s in planes.lower_slopes), planes.lower_offset[:, None],
+                            tuple(s[:, None] for s in planes.upper_slopes), planes.upper_offset[:, None])
+    wl, wu = weights  # (R, k, n, K)
+    mix = lambda t, w: (t[:, None] * w).sum(-1)  # noqa: E731
+    return LinearBounds(tuple(mix(s, wl) for s in planes.lower_slopes), mix(planes.lower_offset, wl),
+                        tuple(mix(s, wu) for s in planes.upper_slopes), mix(planes.upper_offset, wu))
+
+
+def _backsub(graph: Graph, terms: dict[int, Tensor], const: Tensor,
+             weights: dict[int, tuple[Tensor, Tensor]] | None = None) -> Tensor:
+    """Lower bound ``(R, k)`` of ``sum_i terms[i] @ node_i + const`` over the input sets.
+
+    ``terms`` are ``(R, k, n_i)`` (or shared ``(k, n_i)``).  ``weights`` (optimised mode) maps node
+    ids to per-row softmax weights over the node's candidate planes."""
+    R = const.shape[0]
+    acc = {k: (c if c.dim() == 3 else c.expand(R, *c.shape)) for k, c in terms.items()}
+    owned: set[int] = set()  # accumulators created here may be updated in place (no autograd)
+    in_place = not torch.is_grad_enabled()
+
+    def accumulate(key: int, value: Tensor) -> None:
+        if key not in acc:
+            acc[key] = value
+            owned.add(key)
+        elif in_place and key in owned:
+            acc[key] += value
+        else:
+            acc[key] = acc[key] + value
+            owned.add(key)
+
+    total = const
+    scale = const.abs()
+    while acc:
+        nid = max(acc)
+        lam = acc.pop(nid)
+        node = graph.nodes[nid]
+        if isinstance(node, InputNode):
+            mag = lam.abs()
+            low = (lam @ node.center[:, :, None] - mag @ node.radius[:, :, None]).squeeze(-1)
+            scale = scale + (mag @ (node.center.abs() + node.radius)[:, :, None]).squeeze(-1)
+            if node.ball_eps is not None:
+                ball = (lam @ node.ball_center[:, :, None]).squeeze(-1) - node.ball_eps[:, None] * lam.norm(dim=-1)
+                low = torch.maximum(low, ball)
+            total = total + low
+            continue
+        use_candidates = weights is not None and nid in weights
+        p = _combined(node.candidates if use_candidates else node.planes, weights[nid] if use_candidates else None)
+        pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+        offset = (pos * p.lower_offset + neg * p.upper_offset).sum(-1)
+        total = total + offset
+        scale = scale + offset.abs()
+        for operand, sl, su in zip(node.operands, p.lower_slopes, p.upper_slopes):
+            s = pos * sl + neg * su
+            for key, c in operand.terms.items():
+                accumulate(key, _matmul(s, c))
+            shift = (s * operand.const[:, None]).sum(-1)
+            total = total + shift
+            scale = scale + shift.abs()
+    ulps = _BACKSUB_SLACK_ULPS if total.dtype == torch.float64 else _FLOAT32_SLACK_ULPS
+    return total - ulps * torch.finfo(total.dtype).eps * scale - torch.finfo(total.dtype).tiny
+
+
+def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tensor, opts: OptimiseOptions) -> Tensor:
+    """R2-OPT: raise the margin lower bounds by convex combinations of candidate planes (see module doc)."""
+    todo = ~(best > 0).all(dim=1)
+    if not bool(todo.any()):
+        return best
+    idx = todo.nonzero(as_tuple=True)[0]
+    sub_terms = {k: c[idx] for k, c in terms.items()}
+    sub_const = const[idx]
+    k_rows = const.shape[1]
+    nodes = [n for n in graph.nodes if isinstance(n, OpNode) and n.candidates is not None]
+    thetas = {}
+    sub_nodes = {}
+    for n in nodes:
+        K = n.candidates.lower_offset.shape[-1]
+        shape = (idx.shape[0], k_rows, n.candidates.lower_offset.shape[1], K)
+        thetas[n.id] = (torch.zeros(shape, dtype=const.dtype, device=const.device, requires_grad=True),
+                        torch.zeros(shape, dtype=const.dtype, device=const.device, requires_grad=True))
+        sub_nodes[n.id] = n
+    restricted = _restrict(graph, idx)
+    optimiser = torch.optim.Adam([t for pair in thetas.values() for t in pair], lr=opts.lr)
+    sub_best = best[idx].clone()
+    # per-region state: a region stops (and its best bound is frozen) once certified or after
+    # `patience` steps without improvement, so its result never depends on the rest of the batch
+    stale = torch.zeros(idx.shape[0], dtype=torch.long, device=const.device)
+    active = torch.ones(idx.shape[0], dtype=torch.bool, device=const.device)
+    with torch.enable_grad():
+        for _ in range(opts.steps):
+            weights = {nid: (torch.softmax(a, -1), torch.softmax(b, -1)) for nid, (a, b) in thetas.items()}
+            bound = _backsub(restricted, sub_terms, sub_const, weights)
+            better = (bound.detach() > sub_best) & active[:, None]
+            sub_best = torch.where(better, bound.detach(), sub_best)
+            stale = torch.where(better.any(dim=1), torch.zeros_like(stale), stale + 1)
+            active &= ~(sub_best > 0).all(dim=1) & (stale < opts.patience)
+            if not bool(active.any()):
+                break
+            loss = -(bound.clamp(max=0) * active[:, None]).sum()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+    out = best.clone()
+    out[idx] = sub_best
+    return out
+
+
+def _restrict(graph: Graph, idx: Tensor) -> Graph:
+    """The graph restricted to the regions ``idx`` (for optimising only the uncertified ones)."""
+    sub = Graph(graph.method, None)
+    pick = lambda t: None if t is None else t[idx]  # noqa: E731
+
+    def planes(p: LinearBounds | None) -> LinearBounds | None:
+        if p is None:
+            return None
+        return LinearBounds(tuple(s[idx] for s in p.lower_slopes), p.lower_offset[idx],
+                            tuple(s[idx] for s in p.upper_slopes), p.upper_offset[idx])
+
+    def expr(e: LinExpr) -> LinExpr:
+        terms = {k: (c[idx] if c.dim() == 3 else c) for k, c in e.terms.items()}
+        return LinExpr(sub, terms, e.const[idx], (e.box[0][idx], e.box[1][idx]))
+
+    for node in graph.nodes:
+        if isinstance(node, InputNode):
+            sub.nodes.append(InputNode(node.id, node.center[idx], node.radius[idx], pick(node.ball_center),
+                                       pick(node.ball_eps)))
+        else:
+            sub.nodes.append(OpNode(node.id, node.op, tuple(expr(e) for e in node.operands), planes(node.planes),
+                                    planes(node.candidates)))
+    return sub

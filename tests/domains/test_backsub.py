@@ -1,0 +1,119 @@
+"""Back-substitution specifics: LP-based variants end to end, the optimiser's contract, exact l_2.
+
+The generic soundness and ordering checks of ``backsub``, ``backsub-opt`` and ``hybrid`` run with
+the other domains in ``test_containment.py`` / ``test_tightness.py``; the LP variants are slow
+(one small LP per neuron), so they get a smaller set of cases here.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from e2e_support import (  # noqa: E402
+    CASES,
+    FRAME_CHOICES,
+    TOL,
+    case_bounds,
+    case_data,
+    evaluate_points,
+    make_classifier,
+    pgd_min_margins,
+    sample_points,
+)
+
+import rnnguard.domains.backsub as backsub  # noqa: E402
+from rnnguard import LpBall, Perturbation, certify  # noqa: E402
+from rnnguard.certify import propagate_margins  # noqa: E402
+from rnnguard.models import lower  # noqa: E402
+
+LP_CASES = [c for c in CASES if c.seed == 0 and c.kind in ("lstm", "gru")]
+
+
+@pytest.mark.parametrize("case", LP_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("domain", ["backsub-lp", "r2-opt"])
+def test_lp_variants_sound(case, domain):
+    data = case_data(case)
+    pert = Perturbation(LpBall(0.3), FRAME_CHOICES["all"])
+    regions = pert.regions(data.x, data.lengths)
+    bounds = case_bounds(case, "all", 0.3, domain)
+    gen = torch.Generator().manual_seed(17)
+    points = sample_points(pert, data.x, data.lengths, regions, n_ball=128, n_box=64, n_corner=64, generator=gen)
+    margins, _ = evaluate_points(data.program, points, regions, data.labels)
+    assert (margins.amin(0) >= bounds - TOL).all()
+    attacked = pgd_min_margins(data.program, regions.lower, regions.upper, regions.lengths,
+                               data.labels[regions.sample_index], steps=40, restarts=2, seed=5)
+    assert (attacked >= bounds - TOL).all()
+    assert (bounds >= case_bounds(case, "all", 0.3, "box") - TOL).all()
+
+
+def test_optimiser_skips_certified_regions(monkeypatch):
+    """At eps = 0 everything certifies on the first pass: no optimisation step may run."""
+    calls = []
+    real = backsub._backsub
+
+    def counting(graph, terms, const, weights=None):
+        if weights is not None:
+            calls.append(const.shape[0])
+        return real(graph, terms, const, weights)
+
+    monkeypatch.setattr(backsub, "_backsub", counting)
+    data = case_data(CASES[0])
+    with torch.no_grad():
+        predicted = data.model(data.x, data.lengths).argmax(1)
+    result = certify(data.model, data.x, predicted, Perturbation(LpBall(0.0)), domain="backsub-opt", lengths=data.lengths)
+    assert bool(result.certified.all()) and calls == []
+
+
+def test_optimiser_only_sees_open_regions(monkeypatch):
+    seen = []
+    real = backsub._backsub
+
+    def counting(graph, terms, const, weights=None):
+        if weights is not None:
+            seen.append(const.shape[0])
+        return real(graph, terms, const, weights)
+
+    case = next(c for c in CASES if c.kind == "lstm")
+    data = case_data(case)
+    pert = Perturbation(LpBall(0.05), FRAME_CHOICES["all"])
+    plain = case_bounds(case, "all", 0.05, "backsub")
+    monkeypatch.setattr(backsub, "_backsub", counting)
+    with torch.no_grad():
+        propagate_margins(data.program, pert.regions(data.x, data.lengths), data.labels, "backsub-opt")
+    n_open = int((~(plain > 0).all(dim=1)).sum())
+    assert all(n <= n_open for n in seen)
+
+
+def test_l2_dual_norm_is_exact_for_one_linear_frame():
+    """One frame, one tanh neuron: the pre-activation w.x + b over an l_2 ball has the exact range
+    w.x0 +- eps ||w||_2, so the bounds on tanh must be exactly tanh of those (up to rounding)."""
+    model = make_classifier("rnn", input_size=3, hidden_size=1, num_layers=1, seed=2)
+    program = lower(model)
+    x = torch.tensor([[[0.3, -0.2, 0.5]]], dtype=torch.float64)
+    eps = 0.4
+    regions = Perturbation(LpBall(eps, "l2")).regions(x, torch.tensor([1]))
+    from rnnguard.cells import unroll
+    from rnnguard.domains import get_domain
+
+    frames, constant = get_domain("backsub").start(regions)
+    h = unroll(program, frames, regions.lengths, constant)
+    w = program.layers[0].weight_ih[0]
+    b = sum(t[0] for t in (program.layers[0].bias_ih, program.layers[0].bias_hh))
+    centre = float(w @ x[0, 0] + b)
+    radius = eps * float(w.norm())
+    lo, hi = h.bounds()
+    assert float(lo) == pytest.approx(float(torch.tanh(torch.tensor(centre - radius, dtype=torch.float64))), abs=1e-9)
+    assert float(hi) == pytest.approx(float(torch.tanh(torch.tensor(centre + radius, dtype=torch.float64))), abs=1e-9)
+
+
+def test_unknown_domain_lists_backsub_names():
+    from rnnguard.errors import UnknownNameError
+
+    data = case_data(CASES[0])
+    with pytest.raises(UnknownNameError, match="backsub-opt"):
+        certify(data.model, data.x, data.labels, Perturbation(LpBall(0.1)), domain="deeppoly")
