@@ -326,9 +326,34 @@ def _backsub(graph: Graph, terms: dict[int, Tensor], const: Tensor,
     return total - ulps * torch.finfo(total.dtype).eps * scale - torch.finfo(total.dtype).tiny
 
 
+def _value_at_centres(graph: Graph, terms: dict[int, Tensor], const: Tensor) -> Tensor:
+    """The expression evaluated at one concrete point of each region (every input frame at its box
+    centre): an UPPER bound of its minimum over the region."""
+    values: dict[int, Tensor] = {}
+
+    def evaluate(expr_terms: dict[int, Tensor], expr_const: Tensor) -> Tensor:
+        out = expr_const
+        for key, c in expr_terms.items():
+            v = values[key]
+            out = out + (c @ v[..., None]).squeeze(-1)
+        return out
+
+    for node in graph.nodes:
+        if isinstance(node, InputNode):
+            values[node.id] = node.center
+        else:
+            args = [evaluate(e.terms, e.const) for e in node.operands]
+            values[node.id] = RELAXATIONS[node.op].fn(*args)
+    return evaluate(terms, const)
+
+
 def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tensor, opts: OptimiseOptions) -> Tensor:
-    """R2-OPT: raise the margin lower bounds by convex combinations of candidate planes (see module doc)."""
+    """R2-OPT: raise the margin lower bounds by convex combinations of candidate planes (see module doc).
+
+    Regions with a concrete point that violates the specification (e.g. misclassified inputs)
+    cannot be certified by any bound: they are not optimised."""
     todo = ~(best > 0).all(dim=1)
+    todo &= (_value_at_centres(graph, terms, const) > 0).all(dim=1)
     if not bool(todo.any()):
         return best
     idx = todo.nonzero(as_tuple=True)[0]
@@ -345,7 +370,8 @@ def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tenso
                         torch.zeros(shape, dtype=const.dtype, device=const.device, requires_grad=True))
         sub_nodes[n.id] = n
     restricted = _restrict(graph, idx)
-    optimiser = torch.optim.Adam([t for pair in thetas.values() for t in pair], lr=opts.lr)
+    params = [t for pair in thetas.values() for t in pair]
+    optimiser = _Adam(params, opts.lr)
     sub_best = best[idx].clone()
     # per-region state: a region stops (and its best bound is frozen) once certified or after
     # `patience` steps without improvement, so its result never depends on the rest of the batch
@@ -362,12 +388,31 @@ def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tenso
             if not bool(active.any()):
                 break
             loss = -(bound.clamp(max=0) * active[:, None]).sum()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            optimiser.step(torch.autograd.grad(loss, params, allow_unused=True))
     out = best.clone()
     out[idx] = sub_best
     return out
+
+
+class _Adam:
+    """Plain Adam on a few tensors (``torch.optim`` would import torch._dynamo: ~5 s on first use)."""
+
+    def __init__(self, params: list[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> None:
+        self.params, self.lr, self.betas, self.t = params, lr, betas, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[Tensor | None]) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            if g is None:
+                continue
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            step = self.lr / (1 - b1 ** self.t)
+            p.addcdiv_(m, (v / (1 - b2 ** self.t)).sqrt_().add_(1e-8), value=-step)
 
 
 def _restrict(graph: Graph, idx: Tensor) -> Graph:
