@@ -51,9 +51,9 @@ def test_lp_variants_sound(case, domain):
     assert (bounds >= case_bounds(case, "all", 0.3, "box") - TOL).all()
 
 
-def test_optimiser_skips_certified_regions(monkeypatch):
-    """At eps = 0 everything certifies on the first pass: no optimisation step may run."""
-    calls = []
+def _record_optimiser_batches(monkeypatch) -> list[int]:
+    """Patch the back-substitution to record the number of regions of every OPTIMISED pass."""
+    calls: list[int] = []
     real = backsub._backsub
 
     def counting(graph, terms, const, weights=None):
@@ -62,6 +62,12 @@ def test_optimiser_skips_certified_regions(monkeypatch):
         return real(graph, terms, const, weights)
 
     monkeypatch.setattr(backsub, "_backsub", counting)
+    return calls
+
+
+def test_optimiser_skips_certified_regions(monkeypatch):
+    """At eps = 0 everything certifies on the first pass: no optimisation step may run."""
+    calls = _record_optimiser_batches(monkeypatch)
     data = case_data(CASES[0])
     with torch.no_grad():
         predicted = data.model(data.x, data.lengths).argmax(1)
@@ -70,19 +76,11 @@ def test_optimiser_skips_certified_regions(monkeypatch):
 
 
 def test_optimiser_only_sees_open_regions(monkeypatch):
-    seen = []
-    real = backsub._backsub
-
-    def counting(graph, terms, const, weights=None):
-        if weights is not None:
-            seen.append(const.shape[0])
-        return real(graph, terms, const, weights)
-
     case = next(c for c in CASES if c.kind == "lstm")
     data = case_data(case)
     pert = Perturbation(LpBall(0.05), FRAME_CHOICES["all"])
     plain = case_bounds(case, "all", 0.05, "backsub")
-    monkeypatch.setattr(backsub, "_backsub", counting)
+    seen = _record_optimiser_batches(monkeypatch)
     with torch.no_grad():
         propagate_margins(data.program, pert.regions(data.x, data.lengths), data.labels, "backsub-opt")
     n_open = int((~(plain > 0).all(dim=1)).sum())

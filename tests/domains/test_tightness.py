@@ -214,17 +214,23 @@ def test_eps_zero_gives_clean_margins(case, frames, domain):
 
 
 # ----------------------------------------------------------------------------- float32
-@pytest.mark.parametrize("case", CASES[::2], ids=lambda c: c.id)
-@pytest.mark.parametrize("domain", THEOREM1_DOMAINS)
-def test_float32_bounds_are_close_and_never_tighter_than_float64(case, domain):
-    """float32 certification (documented as not float-sound) still rounds its relaxations and
-    concretisations outward: its bounds stay within 1e-3 (relative) of float64's, from below."""
+def _float64_and_float32_bounds(case, domain):
+    """``certify`` margins of ``case`` (one-frame threat, eps 0.3) in float64 and in float32."""
     data = case_data(case)
     pert = Perturbation(LpBall(0.3), FRAME_CHOICES["one"])
     b64 = certify(data.model, data.x, data.labels, pert, domain=domain, lengths=data.lengths).margin_lower
     b32 = certify(data.model, data.x.float(), data.labels, pert, domain=domain, lengths=data.lengths,
                   dtype=torch.float32).margin_lower
     assert b32.dtype == torch.float32
+    return b64, b32
+
+
+@pytest.mark.parametrize("case", CASES[::2], ids=lambda c: c.id)
+@pytest.mark.parametrize("domain", THEOREM1_DOMAINS)
+def test_float32_bounds_are_close_and_never_tighter_than_float64(case, domain):
+    """float32 certification (documented as not float-sound) still rounds its relaxations and
+    concretisations outward: its bounds stay within 1e-3 (relative) of float64's, from below."""
+    b64, b32 = _float64_and_float32_bounds(case, domain)
     rel = (b32.double() - b64) / (1 + b64.abs())
     assert rel.max() <= 1e-6, f"float32 bound above float64's: {rel.max():.3e}"
     assert rel.min() >= -1e-3
@@ -236,10 +242,5 @@ def test_float32_backsub_close_to_float64(case, domain):
     """Back-substitution picks each line from its box, so float32's slightly different boxes can
     pick other (equally sound) lines and land on either side of float64's bound: only closeness
     is asserted (the 'never tighter' order above holds for the continuous transformers)."""
-    data = case_data(case)
-    pert = Perturbation(LpBall(0.3), FRAME_CHOICES["one"])
-    b64 = certify(data.model, data.x, data.labels, pert, domain=domain, lengths=data.lengths).margin_lower
-    b32 = certify(data.model, data.x.float(), data.labels, pert, domain=domain, lengths=data.lengths,
-                  dtype=torch.float32).margin_lower
-    assert b32.dtype == torch.float32
+    b64, b32 = _float64_and_float32_bounds(case, domain)
     assert ((b32.double() - b64).abs() / (1 + b64.abs())).max() <= 5e-2
