@@ -104,9 +104,11 @@ def propagate_margins(program: Program, regions: Regions, labels: Tensor, domain
     margins there are never looser (relaxations are not monotone in their input boxes, so feeding
     a component tighter intermediate bounds can, rarely, loosen its final bound)."""
     spec = get_domain(domain)
+    weight, bias = margin_specification(program, labels)
+    if spec.margins is not None:
+        return spec.margins(program, regions, weight, bias)
     frames, constant = spec.start(regions)
     h = unroll(program, frames, regions.lengths, constant)
-    weight, bias = margin_specification(program, labels)
     margins = h.margin_lower(weight, bias)
     for part in spec.components:
         open_rows = (~(margins > 0).all(dim=1)).nonzero(as_tuple=True)[0]

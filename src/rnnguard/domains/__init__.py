@@ -62,6 +62,8 @@ class Domain:
     start: Start
     description: str
     components: tuple[str, ...] = ()  # a meet of these domains: its margins are also maxed with theirs
+    # a domain with its own margin procedure (branch and bound): (program, regions, weight, bias) -> (R, k)
+    margins: Callable[..., Tensor] | None = None
 
 
 def _start_box(regions: Regions) -> tuple[list[AbstractValue], Callable[[Tensor], AbstractValue]]:
@@ -90,6 +92,12 @@ def _backsub_start(method: str, optimise: bool, lp_candidates: bool = False) -> 
     return start
 
 
+def _branch_and_bound(program, regions: Regions, weight: Tensor, bias: Tensor) -> Tensor:
+    from rnnguard.branching import branch_and_bound_margins  # imports the cell programs: late
+
+    return branch_and_bound_margins(program, regions, weight, bias)
+
+
 def _meet_start(first: Start, second: Start) -> Start:
     def start(regions: Regions) -> tuple[list[AbstractValue], Callable[[Tensor], AbstractValue]]:
         (fa, ca), (fb, cb) = first(regions), second(regions)
@@ -112,6 +120,9 @@ DOMAINS: dict[str, Domain] = {
     "r2-opt": Domain("r2-opt", _backsub_start("lp", True, lp_candidates=True),
                      "R2-OPT: LP planes, optimised convex combinations of LP-fitted candidates (slow)"),
 }
+DOMAINS["backsub-bab"] = Domain("backsub-bab", DOMAINS["backsub"].start,
+                                "back-substitution with branch and bound on pre-activations (rnnguard.branching)",
+                                margins=_branch_and_bound)
 DOMAINS["hybrid"] = Domain("hybrid", _meet_start(_start_interzono, DOMAINS["backsub"].start),
                            "InterZono ∩ back-substitution, neuron by neuron", ("interzono", "backsub"))
 DOMAINS["hybrid-opt"] = Domain("hybrid-opt", _meet_start(_start_interzono, DOMAINS["backsub-opt"].start),

@@ -69,6 +69,7 @@ class OpNode:
     operands: tuple["LinExpr", ...]
     planes: LinearBounds  # tensors (R, n)
     candidates: LinearBounds | None = None  # tensors (R, n, K), optimised mode only
+    operand_bounds: tuple[tuple[Tensor, Tensor], ...] = ()  # the boxes the planes hold on
 
 
 @dataclass(eq=False)
@@ -79,6 +80,11 @@ class Graph:
     optimise: OptimiseOptions | None = None
     nodes: list = field(default_factory=list)
     lp_candidates: bool = False  # optimised mode: R2's LP-fitted candidates (slow) or closed-form ones
+    # branching: (node id, operand index) -> per-region box (lower, upper) (R, n) that the operand is
+    # constrained to in this region (a sub-problem of a split); ``empty`` marks regions whose
+    # constraints contradict the computed bounds (no input satisfies them)
+    clamps: dict[tuple[int, int], tuple[Tensor, Tensor]] = field(default_factory=dict)
+    empty: Tensor | None = None
 
     def add(self, node_type: type, **kwargs) -> "InputNode | OpNode":
         node = node_type(id=len(self.nodes), **kwargs)
@@ -236,12 +242,30 @@ class _LazyPiece(LinExpr):
 
 
 def _apply(graph: Graph, op: str, operands: tuple[LinExpr, ...]) -> LinExpr:
-    bounds = [t for v in operands for t in v.bounds()]
+    boxes = [_clamped(graph, len(graph.nodes), i, *v.bounds()) for i, v in enumerate(operands)]
+    bounds = [t for box in boxes for t in box]
     planes = linear_bounds(op, *bounds, method=graph.method)
     candidates = candidate_bounds(op, *bounds, lp=graph.lp_candidates) if graph.optimise is not None else None
     box = RELAXATIONS[op].interval(*bounds)
-    node = graph.add(OpNode, op=op, operands=operands, planes=planes, candidates=candidates)
+    node = graph.add(OpNode, op=op, operands=operands, planes=planes, candidates=candidates,
+                     operand_bounds=tuple(boxes))
     return LinExpr.of_node(graph, node.id, box[0].shape[-1], box[0], box)
+
+
+def _clamped(graph: Graph, node_id: int, operand: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Operand bounds intersected with the region's branching constraint, if any.
+
+    Planes computed on the intersection hold for every input of the sub-problem (its inputs
+    satisfy the constraint by definition), which is all a sub-problem's bound must cover.  An
+    empty intersection means the sub-problem has no input: it is recorded in ``graph.empty`` and
+    a degenerate box keeps the arithmetic finite."""
+    clamp = graph.clamps.get((node_id, operand))
+    if clamp is None:
+        return lo, hi
+    lo2, hi2 = torch.maximum(lo, clamp[0]), torch.minimum(hi, clamp[1])
+    empty = (lo2 > hi2).any(dim=-1)
+    graph.empty = empty if graph.empty is None else graph.empty | empty
+    return lo2, torch.maximum(hi2, lo2)
 
 
 def input_expressions(graph: Graph, lower: Tensor, upper: Tensor, masks: Tensor,
@@ -274,11 +298,13 @@ def _combined(planes: LinearBounds, weights: tuple[Tensor, Tensor] | None) -> Li
 
 
 def _backsub(graph: Graph, terms: dict[int, Tensor], const: Tensor,
-             weights: dict[int, tuple[Tensor, Tensor]] | None = None) -> Tensor:
+             weights: dict[int, tuple[Tensor, Tensor]] | None = None,
+             record: dict[int, Tensor] | None = None) -> Tensor:
     """Lower bound ``(R, k)`` of ``sum_i terms[i] @ node_i + const`` over the input sets.
 
     ``terms`` are ``(R, k, n_i)`` (or shared ``(k, n_i)``).  ``weights`` (optimised mode) maps node
-    ids to per-row softmax weights over the node's candidate planes."""
+    ids to per-row softmax weights over the node's candidate planes.  ``record`` receives each
+    operation node's back-substituted coefficients ``(R, k, n)`` (for choosing branching splits)."""
     R = const.shape[0]
     acc = {k: (c if c.dim() == 3 else c.expand(R, *c.shape)) for k, c in terms.items()}
     owned: set[int] = set()  # accumulators created here may be updated in place (no autograd)
@@ -309,6 +335,8 @@ def _backsub(graph: Graph, terms: dict[int, Tensor], const: Tensor,
                 low = torch.maximum(low, ball)
             total = total + low
             continue
+        if record is not None:
+            record[nid] = lam
         use_candidates = weights is not None and nid in weights
         p = _combined(node.candidates if use_candidates else node.planes, weights[nid] if use_candidates else None)
         pos, neg = lam.clamp(min=0), lam.clamp(max=0)
