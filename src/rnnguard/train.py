@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, Union
 
@@ -41,6 +42,12 @@ __all__ = ["Objective", "clean_cross_entropy", "evaluate", "fit", "keep_freed_me
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 TRAIN_STATE_FORMAT = "rnnguard-train-state"
+# a validation set on which one class gets at least this share of the predictions flags a collapse
+COLLAPSE_SHARE = 0.99
+
+
+class CollapseWarning(UserWarning):
+    """Training produced a (nearly) constant classifier: see :func:`fit`'s ``val_majority`` metric."""
 
 ObjectiveOutput = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -166,24 +173,30 @@ def _labels_fit(model: nn.Module, y: Tensor, what: str) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, lengths: Tensor | None = None, *, batch_size: int = 256) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode, no gradients)."""
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode, no gradients); ``majority_share``
+    is the fraction of inputs given the most frequent predicted class (1.0: a constant classifier)."""
     x, y, lengths = _check_data(x, y, lengths, "evaluate")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
+    counts: Tensor | None = None
     try:
         for s in range(0, x.shape[0], batch_size):
             xb = x[s : s + batch_size].to(device=device, dtype=dtype)
             yb = y[s : s + batch_size].to(device)
             logits = model(xb, lengths[s : s + batch_size].to(device))
             total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == yb).sum())
+            pred = logits.argmax(dim=1)
+            correct += int((pred == yb).sum())
+            batch_counts = torch.bincount(pred.cpu(), minlength=logits.shape[1])
+            counts = batch_counts if counts is None else counts + batch_counts
     finally:
         model.train(was_training)
     n = x.shape[0]
-    return {"loss": total_loss / n, "accuracy": correct / n}
+    majority = float(counts.max()) / n if counts is not None else 0.0
+    return {"loss": total_loss / n, "accuracy": correct / n, "majority_share": majority}
 
 
 # --------------------------------------------------------------------------- checkpoint I/O
@@ -238,7 +251,8 @@ def fit(
 ) -> list[dict]:
     """Train ``model`` on ``x (N, T, d)``, ``y (N,)``, ``lengths (N,)`` for ``epochs`` epochs; returns
     one metrics dict per epoch (``epoch`` 1-based, ``train_loss``, ``train_acc``, ``val_loss``,
-    ``val_acc`` when ``val`` is given, ``seconds``).
+    ``val_acc`` and ``val_majority`` when ``val`` is given, ``seconds``).  A :class:`CollapseWarning`
+    is issued for an epoch whose model gives one class to >= 99% of the validation inputs.
 
     * Adam(``lr``, ``weight_decay``); gradient norm clipped to ``grad_clip`` (``None``: no clipping).
     * Each epoch visits a fresh permutation from ``torch.Generator().manual_seed(seed)``; the last
@@ -354,6 +368,13 @@ def fit(
             if val_data is not None:
                 ev = evaluate(model, *val_data)
                 row["val_loss"], row["val_acc"] = ev["loss"], ev["accuracy"]
+                row["val_majority"] = ev["majority_share"]
+                if ev["majority_share"] >= COLLAPSE_SHARE:
+                    warnings.warn(CollapseWarning(
+                        f"epoch {epoch + 1}: the model gives one class to {100 * ev['majority_share']:.1f}% of the "
+                        "validation inputs: training has collapsed to a (nearly) constant classifier, which is "
+                        "trivially robust but useless (certified training at too large an eps or too fast a ramp)"),
+                        stacklevel=2)
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
             if ckpt_path is not None:

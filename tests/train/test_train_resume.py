@@ -237,3 +237,36 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(InvalidInputError):
         save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "x.pt")
     assert isinstance(CheckpointError("x"), InvalidInputError)
+
+
+def test_evaluate_reports_majority_share():
+    x, y, lengths = _data()
+    model = _model()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, 5.0]))  # always class 1
+    out = evaluate(model, x, y, lengths)
+    assert out["majority_share"] == 1.0
+    assert out["accuracy"] == pytest.approx(float((y == 1).float().mean()))
+
+
+def test_fit_warns_when_training_collapses_to_a_constant_classifier(tmp_path):
+    from rnnguard.train import CollapseWarning
+
+    x, y, lengths = _data()
+    model = _model()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, 50.0]))  # a tiny lr cannot undo this in one epoch
+    with pytest.warns(CollapseWarning, match="constant classifier"):
+        history = fit(model, x, y, lengths, epochs=1, batch_size=8, lr=1e-6, progress=False,
+                      val=(x[:10], y[:10], lengths[:10]))
+    assert history[0]["val_majority"] == 1.0
+
+
+def test_fit_records_majority_share_without_warning_on_a_learning_model(recwarn):
+    x, y, lengths = _data()
+    history = fit(_model(), x, y, lengths, epochs=3, batch_size=8, lr=1e-2, progress=False,
+                  val=(x[:20], y[:20], lengths[:20]))
+    assert all(0.5 <= row["val_majority"] < 0.99 for row in history)
+    assert not [w for w in recwarn if w.category.__name__ == "CollapseWarning"]
