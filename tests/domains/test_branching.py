@@ -55,11 +55,16 @@ def _near_boundary_lstm():
     return model, x, y
 
 
-def test_branching_tightens_open_margins_and_keeps_certified_ones():
+def _problem():
+    """The near-boundary LSTM's program, its eps-0.1 regions and margin specification."""
     model, x, y = _near_boundary_lstm()
     program = lower(model)
     regions = Perturbation(LpBall(0.1)).regions(x, torch.full((5,), 4))
-    weight, bias = margin_specification(program, y)
+    return model, x, y, program, regions, *margin_specification(program, y)
+
+
+def test_branching_tightens_open_margins_and_keeps_certified_ones():
+    model, x, y, program, regions, weight, bias = _problem()
     with torch.no_grad():
         plain = certify(model, x, y, Perturbation(LpBall(0.1)), domain="backsub").margin_lower
         few = branch_and_bound_margins(program, regions, weight, bias, BranchOptions(max_leaves=4))
@@ -81,10 +86,7 @@ def test_branch_and_bound_is_batch_invariant():
 
 
 def test_contradictory_split_constraints_give_an_empty_sub_problem():
-    model, x, y = _near_boundary_lstm()
-    program = lower(model)
-    regions = Perturbation(LpBall(0.1)).regions(x, torch.full((5,), 4))
-    weight, bias = margin_specification(program, y)
+    _, _, _, program, regions, weight, bias = _problem()
     with torch.no_grad():
         free, graph, _, _ = _bound_leaves(program, regions, weight, bias, {}, "deepcert")
         node = next(n for n in graph.nodes if hasattr(n, "operand_bounds") and n.operand_bounds)
