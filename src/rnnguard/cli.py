@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterator, List, Optional, Sequence
+from typing import Annotated, Any, Callable, Iterator, List, Optional, Sequence
 
 import torch
 import typer
@@ -518,7 +518,9 @@ def _history_rows(history: Sequence[dict]) -> list[dict]:
         if "val_loss" in h:
             row["val loss"] = h["val_loss"]
             row["val acc %"] = 100 * h["val_acc"]
-        for key in ("eps", "kappa"):
+        if "val_certified" in h:
+            row["val cert %"] = 100 * h["val_certified"]
+        for key in ("eps", "kappa", "lr"):
             if key in h:
                 row[key] = h[key]
         row["seconds"] = None if h.get("seconds") is None else round(float(h["seconds"]), 2)
@@ -546,6 +548,11 @@ def train_cmd(
     train_limit: Annotated[Optional[int], typer.Option("--train-limit", min=1, help="Train on the first N training texts only.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size.")] = 64,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    lr_decay_after: Annotated[Optional[str], typer.Option("--lr-decay-after", help="Comma-separated epoch counts (e.g. 9,10): after each, the learning rate is multiplied by --lr-gamma (step decay).")] = None,
+    lr_gamma: Annotated[float, typer.Option("--lr-gamma", help="Learning-rate factor at each --lr-decay-after epoch.")] = 0.1,
+    val_certify: Annotated[Optional[float], typer.Option("--val-certify", help="After every epoch, certify the first --val-certify-limit validation texts at this eps (InterZono, l_inf, all frames) and record val_certified, to select a checkpoint.")] = None,
+    val_certify_limit: Annotated[int, typer.Option("--val-certify-limit", min=1, help="Validation texts certified per epoch with --val-certify.")] = 500,
+    keep_epochs: Annotated[bool, typer.Option("--keep-epochs", help="Also keep the model of every epoch as OUT/model-eN.pt.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the initialisation and the shuffling.")] = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an existing checkpoint in --out and start over.")] = False,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Data folder (default: $RNNGUARD_DATA, ../shared/data, user cache).")] = None,
@@ -557,12 +564,46 @@ def train_cmd(
     with _cli_errors():
         _train(out=out, dataset=dataset, frames=frames, model_kind=model_kind, hidden=hidden, layers=layers, method=method, eps=eps,
                epochs=epochs, warmup=warmup, ramp=ramp, kappa=kappa, max_len=max_len, train_limit=train_limit,
-               batch_size=batch_size, lr=lr, seed=seed, fresh=fresh, data_root=data_root, progress=progress)
+               batch_size=batch_size, lr=lr, seed=seed, fresh=fresh, data_root=data_root, progress=progress,
+               lr_decay_after=lr_decay_after, lr_gamma=lr_gamma, val_certify=val_certify,
+               val_certify_limit=val_certify_limit, keep_epochs=keep_epochs)
+
+
+def _val_certified_metric(val: Any, eps: float, limit: int) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """Per-epoch metric for ``fit``: InterZono certified accuracy (l_inf, all frames) on the first
+    ``limit`` validation inputs at ``eps``."""
+    from rnnguard.certify import certify
+    from rnnguard.perturbations import AllFrames, LpBall, Perturbation
+
+    perturbation = Perturbation(LpBall(eps, "linf"), frames=AllFrames())
+    x, y, lengths = val.x[:limit], val.y[:limit], val.lengths[:limit]
+
+    def metric(model: torch.nn.Module) -> dict[str, float]:
+        result = certify(model, x, y, perturbation, domain="interzono", lengths=lengths)
+        return {"val_certified": result.certified_fraction}
+
+    return metric
+
+
+def _parse_milestones(text: str | None) -> list[int]:
+    """``--lr-decay-after`` as a list of epoch counts."""
+    out = []
+    for part in _split_list(text):
+        try:
+            value = int(part)
+        except ValueError:
+            raise InvalidInputError(f"--lr-decay-after takes comma-separated epoch counts (e.g. 9,10); got {text!r}") from None
+        if value < 0:
+            raise InvalidInputError(f"--lr-decay-after epochs must be >= 0; got {value}")
+        out.append(value)
+    return out
 
 
 def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidden: int, layers: int, method: str, eps: float,
            epochs: int, warmup: float, ramp: float | None, kappa: float, max_len: int, train_limit: int | None,
-           batch_size: int, lr: float, seed: int, fresh: bool, data_root: Path | None, progress: bool) -> None:
+           batch_size: int, lr: float, seed: int, fresh: bool, data_root: Path | None, progress: bool,
+           lr_decay_after: str | None = None, lr_gamma: float = 0.1, val_certify: float | None = None,
+           val_certify_limit: int = 500, keep_epochs: bool = False) -> None:
     from rnnguard.checkpoints import CheckpointError, save_checkpoint
     from rnnguard.data import load_text_splits
     from rnnguard.models import SequenceClassifier
@@ -590,6 +631,11 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
         raise InvalidInputError(f"--lr must be a positive number; got {lr!r}")
     if method != "regular" and eps == 0:
         _say(f"note: --eps 0 makes --method {method} plain clean training")
+    milestones = _parse_milestones(lr_decay_after)
+    if not (math.isfinite(lr_gamma) and lr_gamma > 0):
+        raise InvalidInputError(f"--lr-gamma must be a positive number; got {lr_gamma!r}")
+    if val_certify is not None and not (math.isfinite(val_certify) and val_certify >= 0):
+        raise InvalidInputError(f"--val-certify must be a finite eps >= 0; got {val_certify!r}")
 
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -630,6 +676,13 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
 
     ckpt = out / CHECKPOINT_NAME
     done = 0 if fresh else _read_done_epochs(ckpt)
+    epoch_metrics = None
+    if val_certify is not None:
+        if not len(val):
+            raise InvalidInputError(f"--val-certify needs validation data; {name} has none here")
+        epoch_metrics = _val_certified_metric(val, val_certify, val_certify_limit)
+        _say(f"after every epoch: certified accuracy (InterZono) on {min(val_certify_limit, len(val))} validation "
+             f"{unit} at eps {val_certify:g}")
     if done >= epochs and done > 0:
         _say(f"training: {ckpt} already holds {_plural(done, 'epoch')}: nothing to train (pass --fresh to retrain)")
     elif done > 0:
@@ -641,7 +694,8 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
         with _threads(None if _USER_THREADS else 1):
             history = fit(model, x_tr, y_tr, l_tr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                           checkpoint_dir=out, resume=not fresh, progress=progress, val=val if len(val) else None,
-                          objective=objective, fractional_epochs=True)
+                          objective=objective, fractional_epochs=True, lr_milestones=milestones, lr_gamma=lr_gamma,
+                          epoch_metrics=epoch_metrics, keep_epoch_models=keep_epochs)
     except CheckpointError as exc:
         text = str(exc).replace("use another checkpoint folder or start over with resume=False",
                                 "pass --fresh to retrain, or choose another --out")
@@ -650,6 +704,11 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
 
     if history:
         _print_table(_history_rows(history), f"{method} training on {name}: per-epoch metrics")
+        scored = [h for h in history if h.get("val_certified") is not None]
+        if scored:
+            best = max(scored, key=lambda h: (h["val_certified"], h.get("val_acc") or 0.0))
+            where = f" (OUT/model-e{best['epoch']}.pt)" if keep_epochs else ""
+            _say(f"best validation certified accuracy: {100 * best['val_certified']:.1f}% after epoch {best['epoch']}{where}")
     with _threads(None if _USER_THREADS else 1):
         val_metrics = evaluate(model, val.x, val.y, val.lengths) if len(val) else None
         test_metrics = evaluate(model, test.x, test.y, test.lengths) if len(test) else None
@@ -667,7 +726,8 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
 
     training = {
         "method": method, "eps": eps, "epochs": epochs, "warmup": warmup, "ramp": ramp, "ramp_epochs": ramp_used,
-        "kappa": kappa, "batch_size": batch_size, "lr": lr, "seed": seed, "grad_clip": 5.0,
+        "kappa": kappa, "batch_size": batch_size, "lr": lr, "lr_decay_after": milestones, "lr_gamma": lr_gamma,
+        "val_certify": val_certify, "seed": seed, "grad_clip": 5.0,
         "n_train": n_train, "train_limit": train_limit, "objective": describe_objective(objective),
         "model": {"kind": kind, "hidden": hidden, "layers": layers},
         "epochs_done": len(history), "seconds_per_epoch": sec_per_epoch,

@@ -248,6 +248,10 @@ def fit(
     weight_decay: float = 0.0,
     fractional_epochs: bool | None = None,
     reuse_memory: bool = True,
+    lr_milestones: Sequence[int] = (),
+    lr_gamma: float = 0.1,
+    epoch_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
+    keep_epoch_models: bool = False,
 ) -> list[dict]:
     """Train ``model`` on ``x (N, T, d)``, ``y (N,)``, ``lengths (N,)`` for ``epochs`` epochs; returns
     one metrics dict per epoch (``epoch`` 1-based, ``train_loss``, ``train_acc``, ``val_loss``,
@@ -272,6 +276,13 @@ def fit(
       Objectives with ``eps_ramp`` / ``kappa_ramp`` schedules get ``eps`` / ``kappa`` (their
       values at the epoch's last batch) in the metrics rows.
     * ``reuse_memory``: call :func:`keep_freed_memory` first (faster certified training on glibc).
+    * ``lr_milestones`` / ``lr_gamma``: step decay (as ``torch.optim.lr_scheduler.MultiStepLR``):
+      epoch ``e`` (0-based) trains at ``lr * lr_gamma ** #{m in lr_milestones : m <= e}``; the rate
+      is a function of the epoch, so a resumed run follows the same schedule.  Rows record ``lr``.
+    * ``epoch_metrics(model)``: extra metrics merged into each epoch's row (e.g. certified accuracy
+      on validation data, to select a checkpoint); called in eval mode, under ``torch.no_grad``.
+    * ``keep_epoch_models``: also save the model after every epoch as ``model-e{N}.pt`` (needs
+      ``checkpoint_dir``), so that any epoch can be evaluated or selected later.
     """
     x, y, lengths = _check_data(x, y, lengths, "fit")
     val_data = _unpack_val(val)
@@ -286,6 +297,13 @@ def fit(
         raise InvalidInputError(f"lr must be a finite number > 0, got {lr!r}")
     if grad_clip is not None and not (grad_clip > 0):
         raise InvalidInputError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
+    if any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in lr_milestones):
+        raise InvalidInputError(f"lr_milestones must be integers >= 0, got {list(lr_milestones)!r}")
+    milestones = sorted(lr_milestones)
+    if not (isinstance(lr_gamma, (int, float)) and math.isfinite(lr_gamma) and lr_gamma > 0):
+        raise InvalidInputError(f"lr_gamma must be a finite number > 0, got {lr_gamma!r}")
+    if keep_epoch_models and checkpoint_dir is None:
+        raise InvalidInputError("keep_epoch_models needs a checkpoint_dir")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise InvalidInputError("model has no trainable parameters")
@@ -304,6 +322,8 @@ def fit(
         "data": _fingerprint(x, y, lengths),
         "objective": describe_objective(objective),
     }
+    if milestones:  # only when set, so that checkpoints from before the option still resume
+        settings.update(lr_milestones=milestones, lr_gamma=float(lr_gamma))
     history: list[dict] = []
     start_epoch = 0
 
@@ -331,6 +351,9 @@ def fit(
     try:
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
+            epoch_lr = float(lr) * float(lr_gamma) ** sum(m <= epoch for m in milestones)
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr
             model.train()
             perm = torch.randperm(N, generator=generator)
             sum_loss, n_seen, n_correct, n_scored = 0.0, 0, 0, 0
@@ -364,6 +387,8 @@ def fit(
                                info=f"loss {sum_loss / n_seen:.4f}")
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": sum_loss / n_seen}
             row["train_acc"] = n_correct / n_scored if n_scored else None
+            if milestones:
+                row["lr"] = epoch_lr
             row.update(_schedule_values(objective, at))
             if val_data is not None:
                 ev = evaluate(model, *val_data)
@@ -376,10 +401,16 @@ def fit(
                         "trivially robust but useless (certified training at too large an eps or too fast a ramp)"),
                         stacklevel=2)
             row["seconds"] = time.perf_counter() - t0
+            if epoch_metrics is not None:
+                model.eval()
+                with torch.no_grad():
+                    row.update(epoch_metrics(model))
             history.append(row)
             if ckpt_path is not None:
                 _save(ckpt_path, model, optimizer, generator, settings, epoch + 1, epochs, history)
                 _append_metrics(metrics_path, row)
+                if keep_epoch_models:
+                    save_checkpoint(model, ckpt_path.parent / f"model-e{epoch + 1}.pt", extra={"epoch": epoch + 1})
             if bar is not None:
                 msg = f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}"
                 if row["train_acc"] is not None:

@@ -110,6 +110,24 @@ def test_train_resume_evaluate_on_rt(tmp_path):
     assert load_checkpoint(run / "model.pt")[1]["training"]["epochs_done"] == 2
 
 
+@pytest.mark.shared_data
+@pytest.mark.skipif(DATA is None, reason="shared data folder (rt-polarity + glove) not found")
+def test_train_lr_decay_val_certified_and_kept_epochs(tmp_path):
+    run = tmp_path / "run"
+    res = _ok(_run("train", "--dataset", "rt", "--model", "gru", "--hidden", "4", "--method", "ibp", "--eps", "0.01",
+                   "--epochs", "2", "--ramp", "1", "--max-len", "4", "--train-limit", "32", "--batch-size", "16",
+                   "--lr-decay-after", "1", "--lr-gamma", "0.5", "--val-certify", "0.01", "--val-certify-limit", "6",
+                   "--keep-epochs", "--out", run, "--data-root", DATA, "--no-progress"))
+    rows = _metrics(run)
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 5e-4])
+    assert all(0 <= r["val_certified"] <= 1 and r["val_certified"] * 6 == pytest.approx(round(r["val_certified"] * 6))
+               for r in rows)
+    assert "best validation certified accuracy" in res.stdout and "model-e" in res.stdout
+    assert (run / "model-e1.pt").is_file() and (run / "model-e2.pt").is_file()
+    training = load_checkpoint(run / "model.pt")[1]["training"]
+    assert training["lr_decay_after"] == [1] and training["lr_gamma"] == 0.5 and training["val_certify"] == 0.01
+
+
 # --------------------------------------------------------------------------- errors: exit code 2
 
 
@@ -120,6 +138,10 @@ def test_train_resume_evaluate_on_rt(tmp_path):
     ["--eps", "-0.1"],
     ["--ramp", "0"],
     ["--lr", "0"],
+    ["--lr-decay-after", "ten"],
+    ["--lr-decay-after", "-1"],
+    ["--lr-gamma", "0"],
+    ["--val-certify", "-0.01"],
 ])
 def test_train_rejects_bad_options(tmp_path, bad):
     res = _run("train", "--out", tmp_path / "run", "--data-root", tmp_path / "nodata", *bad)

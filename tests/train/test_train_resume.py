@@ -270,3 +270,61 @@ def test_fit_records_majority_share_without_warning_on_a_learning_model(recwarn)
                   val=(x[:20], y[:20], lengths[:20]))
     assert all(0.5 <= row["val_majority"] < 0.99 for row in history)
     assert not [w for w in recwarn if w.category.__name__ == "CollapseWarning"]
+
+
+def test_lr_milestones_decay_the_rate_and_resume_follows_the_schedule(tmp_path):
+    x, y, lengths = _data()
+    kwargs = dict(batch_size=8, seed=1, progress=False, lr=1e-2, lr_milestones=[1, 3], lr_gamma=0.5)
+    full = _model()
+    h_full = fit(full, x, y, lengths, epochs=4, checkpoint_dir=tmp_path / "a", **kwargs)
+    assert [row["lr"] for row in h_full] == pytest.approx([1e-2, 5e-3, 5e-3, 2.5e-3])
+
+    part = _model()
+    fit(part, x, y, lengths, epochs=2, checkpoint_dir=tmp_path / "b", **kwargs)
+    resumed = _model(seed=7)
+    h_resumed = fit(resumed, x, y, lengths, epochs=4, checkpoint_dir=tmp_path / "b", **kwargs)
+    for a, b in zip(_params(full), _params(resumed)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert _strip_time(h_full) == pytest.approx(_strip_time(h_resumed))
+    # a different schedule is a different run: resuming it is refused
+    with pytest.raises(CheckpointError, match="lr_gamma"):
+        fit(_model(), x, y, lengths, epochs=5, checkpoint_dir=tmp_path / "b", **{**kwargs, "lr_gamma": 0.1})
+
+
+def test_no_milestones_is_a_constant_rate_and_old_checkpoints_still_resume(tmp_path):
+    x, y, lengths = _data()
+    h = fit(_model(), x, y, lengths, epochs=1, batch_size=8, progress=False, checkpoint_dir=tmp_path)
+    assert "lr" not in h[0]
+    h2 = fit(_model(), x, y, lengths, epochs=2, batch_size=8, progress=False, checkpoint_dir=tmp_path,
+             lr_milestones=())
+    assert len(h2) == 2
+
+
+@pytest.mark.parametrize("bad", [dict(lr_milestones=[-1]), dict(lr_milestones=[1.5]), dict(lr_milestones=[True]),
+                                 dict(lr_gamma=0.0), dict(lr_gamma=float("nan")), dict(keep_epoch_models=True)])
+def test_schedule_options_reject_bad_values(bad):
+    x, y, lengths = _data()
+    with pytest.raises(InvalidInputError):
+        fit(_model(), x, y, lengths, epochs=1, progress=False, **bad)
+
+
+def test_epoch_metrics_and_kept_epoch_models(tmp_path):
+    x, y, lengths = _data()
+    seen = []
+
+    def extra(model):
+        seen.append((model.training, torch.is_grad_enabled()))
+        return {"val_certified": 0.25 * len(seen)}
+
+    h = fit(_model(), x, y, lengths, epochs=2, batch_size=8, progress=False, checkpoint_dir=tmp_path,
+            epoch_metrics=extra, keep_epoch_models=True)
+    assert seen == [(False, False), (False, False)]
+    assert [row["val_certified"] for row in h] == [0.25, 0.5]
+    assert [row["val_certified"] for row in _metrics_lines(tmp_path)] == [0.25, 0.5]
+    final, extra = load_checkpoint(tmp_path / "model-e2.pt")
+    first, _ = load_checkpoint(tmp_path / "model-e1.pt")
+    ckpt, _ = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert extra["epoch"] == 2
+    for a, b in zip(final.parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert any(not torch.equal(a, b) for a, b in zip(first.parameters(), final.parameters()))
