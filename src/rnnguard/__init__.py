@@ -11,11 +11,11 @@ __version__ = "0.1.0"
 # pages when this is set (read lazily on first use; an explicit user setting wins).
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from rnnguard.errors import InvalidInputError, RnnGuardError, UnknownNameError, UnsupportedModelError
-from rnnguard.perturbations import AllFrames, Frames, LpBall, OneFrame, Perturbation
-from rnnguard.models import SequenceClassifier
-from rnnguard.certify import CertificationResult, certify
 from rnnguard.attacks import APGD, FGSM, PGD, Attack, AttackResult, Ensemble, default_ensemble
+from rnnguard.certify import CertificationResult, certify
+from rnnguard.errors import InvalidInputError, RnnGuardError, UnknownNameError, UnsupportedModelError
+from rnnguard.models import SequenceClassifier
+from rnnguard.perturbations import AllFrames, Frames, LpBall, OneFrame, Perturbation
 
 __all__ = [
     "__version__",

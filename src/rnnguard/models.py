@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from rnnguard.cells import Program, RecurrentLayer, unroll
 from rnnguard.domains import Point
-from rnnguard.errors import InvalidInputError, UnsupportedModelError, UnknownNameError
+from rnnguard.errors import InvalidInputError, UnknownNameError, UnsupportedModelError
 
 ModelKind = Literal["rnn", "rnn_relu", "lstm", "gru"]
 _RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)

@@ -25,7 +25,6 @@ from rnnguard.attacks import (
 )
 from rnnguard.errors import InvalidInputError, UnknownNameError
 
-
 KINDS = ("rnn", "lstm", "gru")
 B, T, D, H, C = 5, 5, 3, 6, 3
 LENGTHS = torch.tensor([5, 4, 3, 1, 2])

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from e2e_support import KINDS, final_hidden, make_classifier  # noqa: E402
-
 from rnnguard import SequenceClassifier  # noqa: E402
 from rnnguard.cells import Program  # noqa: E402
 from rnnguard.models import lower, run_program  # noqa: E402
+
+from e2e_support import KINDS, final_hidden, make_classifier  # noqa: E402
 
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5}
 

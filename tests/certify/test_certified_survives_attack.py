@@ -19,10 +19,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from e2e_support import KINDS, TOL, concrete_margins, pgd_min_margins  # noqa: E402
-
 from rnnguard import AllFrames, Frames, LpBall, OneFrame, Perturbation, SequenceClassifier, certify  # noqa: E402
 from rnnguard.models import lower  # noqa: E402
+
+from e2e_support import KINDS, TOL, concrete_margins, pgd_min_margins  # noqa: E402
 
 T, D, C, H = 6, 2, 3, 8
 EPS = 0.4  # moderate: a mix of certified and uncertified samples

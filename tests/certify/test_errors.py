@@ -11,8 +11,6 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from e2e_support import make_classifier  # noqa: E402
-
 import rnnguard  # noqa: E402
 from rnnguard import (  # noqa: E402
     AllFrames,
@@ -27,6 +25,8 @@ from rnnguard import (  # noqa: E402
     UnsupportedModelError,
     certify,
 )
+
+from e2e_support import make_classifier  # noqa: E402
 
 B, T, D, C = 3, 4, 2, 3
 

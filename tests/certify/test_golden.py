@@ -17,10 +17,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from e2e_support import abstract_final_state  # noqa: E402
-
 from rnnguard import AllFrames, Frames, LpBall, OneFrame, Perturbation, SequenceClassifier, certify  # noqa: E402
 from rnnguard.models import lower, run_program  # noqa: E402
+
+from e2e_support import abstract_final_state  # noqa: E402
 
 tanh = math.tanh
 ATOL = 1e-9

@@ -11,7 +11,6 @@ from rnnguard.cli import app
 
 from cli_data import SHARED_DATA  # noqa: E402  (tests/cli/cli_data.py)
 
-
 DATA = SHARED_DATA
 
 

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 from rnnguard import SequenceClassifier
 from rnnguard.checkpoints import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from rnnguard.cli import app, parse_attacks
-
-from cli_data import SHARED_DATA  # noqa: E402  (tests/cli/cli_data.py)
 from rnnguard.errors import InvalidInputError
 from rnnguard.objectives import make_objective
 from rnnguard.train import METRICS_NAME, describe_objective, fit
+
+from cli_data import SHARED_DATA  # noqa: E402  (tests/cli/cli_data.py)
 
 runner = CliRunner()
 

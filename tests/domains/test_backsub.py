@@ -14,6 +14,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import rnnguard.domains.backsub as backsub  # noqa: E402
+from rnnguard import LpBall, Perturbation, certify  # noqa: E402
+from rnnguard.certify import propagate_margins  # noqa: E402
+from rnnguard.models import lower  # noqa: E402
+
 from e2e_support import (  # noqa: E402
     CASES,
     FRAME_CHOICES,
@@ -25,11 +30,6 @@ from e2e_support import (  # noqa: E402
     pgd_min_margins,
     sample_points,
 )
-
-import rnnguard.domains.backsub as backsub  # noqa: E402
-from rnnguard import LpBall, Perturbation, certify  # noqa: E402
-from rnnguard.certify import propagate_margins  # noqa: E402
-from rnnguard.models import lower  # noqa: E402
 
 LP_CASES = [c for c in CASES if c.seed == 0 and c.kind in ("lstm", "gru")]
 

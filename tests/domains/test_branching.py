@@ -9,6 +9,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from rnnguard import LpBall, Perturbation, SequenceClassifier, certify  # noqa: E402
+from rnnguard.branching import BranchOptions, _bound_leaves, branch_and_bound_margins  # noqa: E402
+from rnnguard.certify import margin_specification  # noqa: E402
+from rnnguard.models import lower  # noqa: E402
+
 from e2e_support import (  # noqa: E402
     CASES,
     FRAME_CHOICES,
@@ -19,11 +24,6 @@ from e2e_support import (  # noqa: E402
     pgd_min_margins,
     sample_points,
 )
-
-from rnnguard import LpBall, Perturbation, SequenceClassifier, certify  # noqa: E402
-from rnnguard.branching import BranchOptions, _bound_leaves, branch_and_bound_margins  # noqa: E402
-from rnnguard.certify import margin_specification  # noqa: E402
-from rnnguard.models import lower  # noqa: E402
 
 BAB_CASES = [c for c in CASES if c.seed == 0]
 

@@ -25,6 +25,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from rnnguard import LpBall, Perturbation  # noqa: E402
+from rnnguard.models import lower, run_program  # noqa: E402
+
 from e2e_support import (  # noqa: E402
     CASES,
     DOMAIN_NAMES,
@@ -42,9 +45,6 @@ from e2e_support import (  # noqa: E402
     region_margin_bounds,
     sample_points,
 )
-
-from rnnguard import LpBall, Perturbation  # noqa: E402
-from rnnguard.models import lower, run_program  # noqa: E402
 
 EPSILONS = (0.05, 0.3)
 N_BALL, N_BOX, N_CORNER = 256, 128, 128  # 512 points per region, thousands per test

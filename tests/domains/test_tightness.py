@@ -26,6 +26,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from rnnguard import LpBall, Perturbation, SequenceClassifier, certify  # noqa: E402
+
 from e2e_support import (  # noqa: E402
     CASES,
     DOMAIN_NAMES,
@@ -36,8 +38,6 @@ from e2e_support import (  # noqa: E402
     certified_margins,
     concrete_margins,
 )
-
-from rnnguard import LpBall, Perturbation, SequenceClassifier, certify  # noqa: E402
 
 EPSILONS = (0.05, 0.3)
 

@@ -11,8 +11,6 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from e2e_support import TOL, concrete_margins, pgd_min_margins  # noqa: E402
-
 from rnnguard import (  # noqa: E402
     LpBall,
     Perturbation,
@@ -22,6 +20,8 @@ from rnnguard import (  # noqa: E402
     certify,
 )
 from rnnguard.models import lower, run_program  # noqa: E402
+
+from e2e_support import TOL, concrete_margins, pgd_min_margins  # noqa: E402
 
 D, H, C = 3, 5, 3
 

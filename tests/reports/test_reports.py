@@ -13,7 +13,6 @@ from rich.console import Console
 
 from rnnguard.reports import format_value, print_summary, summary_table, to_jsonable, write_json
 
-
 ROWS = [
     {"domain": "box", "eps": 0.01, "certified %": 12.5, "seconds": 0.0312},
     {"domain": "interzono", "eps": 0.03, "certified %": 100.0, "seconds": 12345.6, "note": "a|b"},

@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rnnguard.domains.base import AbstractValue
 from rnnguard.domains.backsub import Graph, LinExpr, OptimiseOptions, input_expressions
+from rnnguard.domains.base import AbstractValue
 from rnnguard.domains.box import Box
 from rnnguard.domains.hybrid import Meet
 from rnnguard.domains.intersection import InterZono
