@@ -1,8 +1,11 @@
 """Markdown tables (RNN-Guard Tables I-V analogues) from the run folders of experiments/rt_tables.sh.
 
-    python experiments/collect_tables.py [--runs runs/tables] [--copy docs/results]
+    python experiments/collect_tables.py [--runs runs/tables] [--copy docs/results] [--records docs/results]
 
-Missing runs are shown as "running" (training started, no evaluation yet) or "-" (not started).
+A run whose folder is missing is read from the committed copies in ``--records`` (the
+``tables-<run>.json`` / ``.metrics.jsonl`` files that ``--copy`` writes), so the tables can be
+regenerated on a machine that holds only some of the runs.  Runs found in neither are shown as
+"running" (training started, no evaluation yet) or "-" (not started).
 ``--copy`` also copies each evaluation.json and metrics.jsonl there as
 ``tables-<run>.json`` / ``tables-<run>.metrics.jsonl``.
 """
@@ -22,10 +25,15 @@ def _name(data: str, model: str, method: str) -> str:
     return f"{data}-{model}-32-{method}"
 
 
-def _load(runs: Path, data: str, model: str, method: str) -> tuple[dict | None, list[dict], str]:
+def _load(runs: Path, data: str, model: str, method: str,
+          records: Path | None = None) -> tuple[dict | None, list[dict], str]:
     folder = runs / _name(data, model, method)
     ev = folder / "eval" / "evaluation.json"
     metrics = folder / "metrics.jsonl"
+    if not folder.exists() and records is not None:
+        ev = records / f"tables-{folder.name}.json"
+        metrics = records / f"tables-{folder.name}.metrics.jsonl"
+        folder = ev
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
     state = "done" if ev.exists() else ("running" if folder.exists() else "-")
     return (json.loads(ev.read_text()) if ev.exists() else None), rows, state
@@ -35,13 +43,13 @@ def _fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def tables(runs: Path) -> str:
+def tables(runs: Path, records: Path | None = None) -> str:
     out = []
     header = "| method | " + " | ".join(f"{d.upper() if d == 'rt' else 'TC'} {m.upper()}-32 (eps {e})"
                                         for d, m, e in COLUMNS) + " |"
     sep = "|---|" + "---:|" * len(COLUMNS)
     cells: dict[tuple[str, str, str], tuple[dict | None, list[dict], str]] = {
-        (d, m, meth): _load(runs, d, m, meth) for d, m, _ in COLUMNS for meth in METHODS}
+        (d, m, meth): _load(runs, d, m, meth, records) for d, m, _ in COLUMNS for meth in METHODS}
 
     def metric(ev: dict | None, state: str, pick) -> str:
         if ev is None:
@@ -82,6 +90,8 @@ def tables(runs: Path) -> str:
     sweep_rows = []
     for model in ("lstm", "gru"):
         ev_path = runs / _name("rt", model, "rnnguard") / "sweep" / "evaluation.json"
+        if not ev_path.exists() and records is not None:
+            ev_path = records / f"tables-{_name('rt', model, 'rnnguard')}-sweep.json"
         if not ev_path.exists():
             continue
         ev = json.loads(ev_path.read_text())
@@ -157,10 +167,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=Path("runs/tables"))
     parser.add_argument("--copy", type=Path, default=None)
+    parser.add_argument("--records", type=Path, default=None,
+                        help="folder of committed copies (docs/results) read for runs missing under --runs")
     args = parser.parse_args()
-    print(tables(args.runs))
-    if args.copy is not None:
+    if args.copy is not None and args.runs.is_dir():
         copy_records(args.runs, args.copy)
+    print(tables(args.runs, args.records))
 
 
 if __name__ == "__main__":
