@@ -85,7 +85,10 @@ def _choose_splits(graph: Graph, record: dict[int, Tensor], margins: Tensor
             mids.append((hi + lo) / 2)
     widths = [s.shape[1] for s in scores]
     flat = torch.cat(scores, dim=1)
-    best = flat.argmax(dim=1)
+    # the first neuron whose score is within a relative 1e-9 of the best: a near-tie then resolves the
+    # same way whatever rounding noise (matmul blocking, batch composition) the scores carry
+    top = flat.max(dim=1, keepdim=True).values
+    best = (flat >= top * (1 - 1e-9)).to(torch.int8).argmax(dim=1)
     offsets = torch.tensor([0] + widths, device=flat.device).cumsum(0)
     key_index = torch.searchsorted(offsets[1:], best, right=True)
     neuron = best - offsets[key_index]
