@@ -707,7 +707,7 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
         scored = [h for h in history if h.get("val_certified") is not None]
         if scored:
             best = max(scored, key=lambda h: (h["val_certified"], h.get("val_acc") or 0.0))
-            where = f" (OUT/model-e{best['epoch']}.pt)" if keep_epochs else ""
+            where = f" ({out / ('model-e%d.pt' % best['epoch'])})" if keep_epochs else ""
             _say(f"best validation certified accuracy: {100 * best['val_certified']:.1f}% after epoch {best['epoch']}{where}")
     with _threads(None if _USER_THREADS else 1):
         val_metrics = evaluate(model, val.x, val.y, val.lengths) if len(val) else None
