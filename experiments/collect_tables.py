@@ -21,13 +21,16 @@ METHODS = ("regular", "fgsm", "pgd", "ibp", "certrnn", "rnnguard")
 COLUMNS = (("rt", "rnn", 0.03), ("rt", "lstm", 0.03), ("rt", "gru", 0.03), ("toxic", "rnn", 0.05))
 
 
-def _name(data: str, model: str, method: str) -> str:
-    return f"{data}-{model}-32-{method}"
+TABLE1_MODELS = (("lstm", 32), ("lstm", 64), ("gru", 32), ("gru", 64))
 
 
-def _load(runs: Path, data: str, model: str, method: str,
-          records: Path | None = None) -> tuple[dict | None, list[dict], str]:
-    folder = runs / _name(data, model, method)
+def _name(data: str, model: str, method: str, hidden: int = 32) -> str:
+    return f"{data}-{model}-{hidden}-{method}"
+
+
+def _load(runs: Path, data: str, model: str, method: str, records: Path | None = None,
+          hidden: int = 32) -> tuple[dict | None, list[dict], str]:
+    folder = runs / _name(data, model, method, hidden)
     ev = folder / "eval" / "evaluation.json"
     metrics = folder / "metrics.jsonl"
     if not folder.exists() and records is not None:
@@ -87,24 +90,55 @@ def tables(runs: Path, records: Path | None = None) -> str:
         out.append(f"| {meth} | " + " | ".join(row) + " |")
     out.append("")
     out += _targets(cells)
-    sweep_rows = []
-    for model in ("lstm", "gru"):
-        ev_path = runs / _name("rt", model, "rnnguard") / "sweep" / "evaluation.json"
+    out += _table1(runs, records)
+    return "\n".join(out)
+
+
+def _table1(runs: Path, records: Path | None) -> list[str]:
+    """Table I: Zonotope vs InterZono over the eps sweep of each RNN-Guard-trained RT model."""
+    rows, worse, strict = [], [], []
+    hidden64 = []
+    for model, hidden in TABLE1_MODELS:
+        name = _name("rt", model, "rnnguard", hidden)
+        ev_path = runs / name / "sweep" / "evaluation.json"
         if not ev_path.exists() and records is not None:
-            ev_path = records / f"tables-{_name('rt', model, 'rnnguard')}-sweep.json"
+            ev_path = records / f"tables-{name}-sweep.json"
         if not ev_path.exists():
             continue
         ev = json.loads(ev_path.read_text())
+        label = f"{model.upper()}-{hidden}"
         for e in ev["by_eps"]:
             c, s = e["certified"], e["certify_seconds"]
-            sweep_rows.append(f"| {model.upper()}-32 | {e['eps']:g} | {_fmt(ev['clean_accuracy'])} | "
-                              f"{_fmt(c['zonotope'])} | {s['zonotope']:.1f} | {_fmt(c['interzono'])} | "
-                              f"{s['interzono']:.1f} | {_fmt(e['empirical'].get('pgd'))} | {e['soundness_violations']} |")
-    if sweep_rows:
-        out += ["### Table I analogue: Zonotope vs InterZono on the RNN-Guard-trained models", "",
-                "| model | eps_e | clean % | Zonotope cert % | Zonotope s | InterZono cert % | InterZono s | PGD % | "
-                "violations |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|", *sweep_rows, ""]
-    return "\n".join(out)
+            rows.append(f"| {label} | {e['eps']:g} | {_fmt(ev['clean_accuracy'])} | "
+                        f"{_fmt(c['zonotope'])} | {s['zonotope']:.1f} | {_fmt(c['interzono'])} | "
+                        f"{s['interzono']:.1f} | {_fmt(e['empirical'].get('pgd'))} | {e['soundness_violations']} |")
+            if c["interzono"] < c["zonotope"]:
+                worse.append(f"{label} at {e['eps']:g}")
+            if model == "lstm" and c["interzono"] > c["zonotope"]:
+                strict.append(f"{label} at {e['eps']:g}")
+        if hidden != 32:
+            ev64, hist, _ = _load(runs, "rt", model, "rnnguard", records, hidden)
+            if ev64 is not None:
+                e = ev64["by_eps"][0]
+                robust = [h["seconds"] for h in hist if h.get("eps", 0) > 0] or [h["seconds"] for h in hist] or [0.0]
+                hidden64.append(
+                    f"| {label} | {e['eps']:g} | {_fmt(ev64['clean_accuracy'])} | **{_fmt(e['certified']['interzono'])}** / "
+                    f"{_fmt(e['certified']['zonotope'])} / {_fmt(e['certified']['box'])} | "
+                    f"{_fmt(e['empirical'].get('pgd'))} / {_fmt(e['empirical'].get('ensemble'))} | "
+                    f"{ev64['soundness_violations']} | {sum(robust) / len(robust):.0f} |")
+    if not rows:
+        return []
+    out = ["### Table I analogue: Zonotope vs InterZono on the RNN-Guard-trained models", "",
+           "| model | eps_e | clean % | Zonotope cert % | Zonotope s | InterZono cert % | InterZono s | PGD % | "
+           "violations |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
+           f"InterZono >= Zonotope in every Table I row: **{'met' if not worse else 'not met'}**"
+           + (f" (exceptions: {', '.join(worse)})" if worse else "")
+           + f"; strictly better on LSTM rows: {', '.join(strict) or 'none'}.", ""]
+    if hidden64:
+        out += ["### Hidden-64 RNN-Guard models at eps_t = eps_e = 0.03 (Table II protocol)", "",
+                "| model | eps_e | clean % | certified % (InterZono / Zonotope / Box) | PGD / ensemble % | "
+                "violations | s per epoch (eps > 0) |", "|---|---:|---:|---:|---:|---:|---:|", *hidden64, ""]
+    return out
 
 
 def _targets(cells: dict) -> list[str]:

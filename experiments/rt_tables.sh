@@ -16,7 +16,15 @@
 #   OMP_NUM_THREADS=1 nohup experiments/rt_tables.sh > runs/tables/grid.log 2>&1 &
 #
 # Settings (environment variables): OUT (runs/tables), EPOCHS (6), WARMUP (1), RAMP (3),
-# LR (2e-3), LIMIT (200 test texts), PY (python), STAGES ("cheap rnn gru lstm table1").
+# LR (2e-3), LIMIT (200 test texts), PY (python), HIDDEN (32), TRAIN_ARGS (extra rnnguard train options), STAGES ("cheap rnn gru lstm table1").
+# Extra stages: rnnguard-MODEL trains and evaluates only the RNN-Guard model, sweep-MODEL runs
+# only that model's Table I sweep.  The hidden-64 rows of Table I (two processes, one per core):
+#
+#   HIDDEN=64 STAGES="rnnguard-lstm sweep-lstm" OMP_NUM_THREADS=1 nohup experiments/rt_tables.sh > runs/tables/lstm64.log 2>&1 &
+#   HIDDEN=64 STAGES="rnnguard-gru sweep-gru" OMP_NUM_THREADS=1 nohup experiments/rt_tables.sh > runs/tables/gru64.log 2>&1 &
+#
+# A hidden-64 RNN-Guard run keeps ~11-12 GB resident with the default --keep-freed-memory; on a 24 GB
+# machine give one of the two TRAIN_ARGS=--return-freed-memory (slower, holds only live tensors).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +35,8 @@ RAMP=${RAMP:-3}
 LR=${LR:-2e-3}
 LIMIT=${LIMIT:-200}
 PY=${PY:-python}
+HIDDEN=${HIDDEN:-32}
+TRAIN_ARGS=${TRAIN_ARGS:-}
 STAGES=${STAGES:-"cheap rnn gru lstm table1"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 CLI=("$PY" -m rnnguard.cli --threads 1)
@@ -36,22 +46,33 @@ stamp() { date '+%Y-%m-%d %H:%M:%S'; }
 
 # train DATASET MODEL METHOD EPS
 train() {
-  local data=$1 model=$2 method=$3 eps=$4 dir="$OUT/$1-$2-32-$3"
-  echo "[$(stamp)] train $data $model-32 $method eps $eps ($EPOCHS epochs)"
-  "${CLI[@]}" train --out "$dir" --dataset "$data" --model "$model" --hidden 32 --method "$method" \
-      --eps "$eps" --epochs "$EPOCHS" --warmup "$WARMUP" --ramp "$RAMP" --lr "$LR" --no-progress \
+  local data=$1 model=$2 method=$3 eps=$4 dir="$OUT/$1-$2-$HIDDEN-$3"
+  echo "[$(stamp)] train $data $model-$HIDDEN $method eps $eps ($EPOCHS epochs)"
+  "${CLI[@]}" train --out "$dir" --dataset "$data" --model "$model" --hidden "$HIDDEN" --method "$method" \
+      --eps "$eps" --epochs "$EPOCHS" --warmup "$WARMUP" --ramp "$RAMP" --lr "$LR" --no-progress $TRAIN_ARGS \
       > "$dir.train.log" 2>&1 || echo "[$(stamp)] FAILED: train $dir (see $dir.train.log)"
 }
 
 # evaluate DATASET MODEL METHOD EPS
 evaluate() {
-  local data=$1 model=$2 method=$3 eps=$4 dir="$OUT/$1-$2-32-$3"
+  local data=$1 model=$2 method=$3 eps=$4 dir="$OUT/$1-$2-$HIDDEN-$3"
   if [[ -f "$dir/eval/evaluation.json" ]]; then return; fi
   if [[ ! -f "$dir/model.pt" ]]; then echo "[$(stamp)] skip evaluate $dir: no model"; return; fi
   echo "[$(stamp)] evaluate $dir at eps $eps"
   "${CLI[@]}" evaluate --checkpoint "$dir/model.pt" --dataset "$data" --limit "$LIMIT" --eps "$eps" \
       --domain box,zonotope,interzono --attacks pgd,ensemble --out "$dir/eval" \
       > "$dir.eval.log" 2>&1 || echo "[$(stamp)] FAILED: evaluate $dir (see $dir.eval.log)"
+}
+
+# sweep MODEL: Table I, Zonotope vs InterZono over eps on the RNN-Guard-trained RT model
+sweep() {
+  local dir="$OUT/rt-$1-$HIDDEN-rnnguard"
+  if [[ -f "$dir/model.pt" && ! -f "$dir/sweep/evaluation.json" ]]; then
+    echo "[$(stamp)] eps sweep $dir"
+    "${CLI[@]}" evaluate --checkpoint "$dir/model.pt" --dataset rt --limit "$LIMIT" \
+        --eps 0.01,0.02,0.03,0.05,0.08 --domain zonotope,interzono --attacks pgd --out "$dir/sweep" \
+        > "$dir.sweep.log" 2>&1 || echo "[$(stamp)] FAILED: sweep $dir"
+  fi
 }
 
 run() { train "$@"; evaluate "$@"; }
@@ -68,16 +89,10 @@ for stage in $STAGES; do
       for method in rnnguard certrnn; do run toxic rnn "$method" 0.05; done ;;
     gru | lstm)
       for method in rnnguard certrnn; do run rt "$stage" "$method" 0.03; done ;;
-    table1)
-      for model in lstm gru; do
-        dir="$OUT/rt-$model-32-rnnguard"
-        if [[ -f "$dir/model.pt" && ! -f "$dir/sweep/evaluation.json" ]]; then
-          echo "[$(stamp)] eps sweep $dir"
-          "${CLI[@]}" evaluate --checkpoint "$dir/model.pt" --dataset rt --limit "$LIMIT" \
-              --eps 0.01,0.02,0.03,0.05,0.08 --domain zonotope,interzono --attacks pgd --out "$dir/sweep" \
-              > "$dir.sweep.log" 2>&1 || echo "[$(stamp)] FAILED: sweep $dir"
-        fi
-      done ;;
+    rnnguard-rnn | rnnguard-gru | rnnguard-lstm)
+      run rt "${stage#rnnguard-}" rnnguard 0.03 ;;
+    table1) sweep lstm; sweep gru ;;
+    sweep-lstm | sweep-gru) sweep "${stage#sweep-}" ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

@@ -128,6 +128,20 @@ def test_train_lr_decay_val_certified_and_kept_epochs(tmp_path):
     assert training["lr_decay_after"] == [1] and training["lr_gamma"] == 0.5 and training["val_certify"] == 0.01
 
 
+@pytest.mark.shared_data
+@pytest.mark.skipif(DATA is None, reason="shared data folder (rt-polarity + glove) not found")
+@pytest.mark.parametrize("flag, keeps", [(None, True), ("--return-freed-memory", False), ("--keep-freed-memory", True)])
+def test_train_keeps_freed_memory_unless_told(tmp_path, monkeypatch, flag, keeps):
+    import rnnguard.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    _ok(_run("train", "--dataset", "rt", "--model", "rnn", "--hidden", "4", "--method", "regular", "--epochs", "1",
+             "--max-len", "4", "--train-limit", "16", "--batch-size", "16", "--out", tmp_path / "run",
+             "--data-root", DATA, "--no-progress", *([flag] if flag else [])))
+    assert bool(calls) is keeps
+
+
 # --------------------------------------------------------------------------- errors: exit code 2
 
 
