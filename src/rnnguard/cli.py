@@ -553,7 +553,7 @@ def train_cmd(
     val_certify: Annotated[Optional[float], typer.Option("--val-certify", help="After every epoch, certify the first --val-certify-limit validation texts at this eps (InterZono, l_inf, all frames) and record val_certified, to select a checkpoint.")] = None,
     val_certify_limit: Annotated[int, typer.Option("--val-certify-limit", min=1, help="Validation texts certified per epoch with --val-certify.")] = 500,
     keep_epochs: Annotated[bool, typer.Option("--keep-epochs", help="Also keep the model of every epoch as OUT/model-eN.pt.")] = False,
-    keep_freed_memory: Annotated[bool, typer.Option("--keep-freed-memory/--return-freed-memory", help="Keep freed memory mapped for reuse (faster certified training on glibc, but the peak heap stays resident: ~11-12 GB for a hidden-64 RNN-Guard run); --return-freed-memory costs ~1/3 more time per step and holds only the live tensors.")] = True,
+    keep_freed_memory: Annotated[bool, typer.Option("--keep-freed-memory/--return-freed-memory", help="Keep freed memory mapped for reuse (faster certified training on glibc, but the peak heap stays resident: ~11-12 GB for a hidden-64 RNN-Guard run); --return-freed-memory holds only the live tensors but pays page faults again (a hidden-64 GRU epoch took ~1.7x as long).")] = True,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the initialisation and the shuffling.")] = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an existing checkpoint in --out and start over.")] = False,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Data folder (default: $RNNGUARD_DATA, ../shared/data, user cache).")] = None,
