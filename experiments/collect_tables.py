@@ -42,6 +42,12 @@ def _load(runs: Path, data: str, model: str, method: str, records: Path | None =
     return (json.loads(ev.read_text()) if ev.exists() else None), rows, state
 
 
+def _robust_epoch_seconds(hist: list[dict]) -> float:
+    """Mean seconds per epoch over the epochs trained at eps > 0 (all epochs if none; 0 without history)."""
+    robust = [h["seconds"] for h in hist if (h.get("eps") or 0) > 0] or [h["seconds"] for h in hist]
+    return sum(robust) / len(robust) if robust else 0.0
+
+
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -84,9 +90,8 @@ def tables(runs: Path, records: Path | None = None) -> str:
             if not hist:
                 row.append(state)
                 continue
-            robust = [h["seconds"] for h in hist if h.get("eps", 0) and h["eps"] > 0] or [h["seconds"] for h in hist]
             every = [h["seconds"] for h in hist]
-            row.append(f"{sum(robust) / len(robust):.1f} ({sum(every) / len(every):.1f}, {len(hist)} ep)")
+            row.append(f"{_robust_epoch_seconds(hist):.1f} ({sum(every) / len(every):.1f}, {len(hist)} ep)")
         out.append(f"| {meth} | " + " | ".join(row) + " |")
     out.append("")
     out += _targets(cells)
@@ -120,12 +125,11 @@ def _table1(runs: Path, records: Path | None) -> list[str]:
             ev64, hist, _ = _load(runs, "rt", model, "rnnguard", records, hidden)
             if ev64 is not None:
                 e = ev64["by_eps"][0]
-                robust = [h["seconds"] for h in hist if h.get("eps", 0) > 0] or [h["seconds"] for h in hist] or [0.0]
                 hidden64.append(
                     f"| {label} | {e['eps']:g} | {_fmt(ev64['clean_accuracy'])} | **{_fmt(e['certified']['interzono'])}** / "
                     f"{_fmt(e['certified']['zonotope'])} / {_fmt(e['certified']['box'])} | "
                     f"{_fmt(e['empirical'].get('pgd'))} / {_fmt(e['empirical'].get('ensemble'))} | "
-                    f"{ev64['soundness_violations']} | {sum(robust) / len(robust):.0f} |")
+                    f"{ev64['soundness_violations']} | {_robust_epoch_seconds(hist):.0f} |")
     if not rows:
         return []
     out = ["### Table I analogue: Zonotope vs InterZono on the RNN-Guard-trained models", "",
