@@ -20,8 +20,8 @@
 # Extra stages: rnnguard-MODEL trains and evaluates only the RNN-Guard model, sweep-MODEL runs
 # only that model's Table I sweep.  The hidden-64 rows of Table I (two processes, one per core):
 #
-#   HIDDEN=64 EPOCHS=4 STAGES="rnnguard-lstm sweep-lstm" OMP_NUM_THREADS=1 nohup experiments/rt_tables.sh > runs/tables/lstm64.log 2>&1 &
-#   HIDDEN=64 EPOCHS=4 STAGES="rnnguard-gru sweep-gru" TRAIN_ARGS=--return-freed-memory OMP_NUM_THREADS=1 nohup experiments/rt_tables.sh > runs/tables/gru64.log 2>&1 &
+#   HIDDEN=64 STAGES="rnnguard-lstm sweep-lstm" OMP_NUM_THREADS=1 nohup experiments/rt_tables.sh > runs/tables/lstm64.log 2>&1 &
+#   HIDDEN=64 STAGES="rnnguard-gru sweep-gru" TRAIN_ARGS=--return-freed-memory OMP_NUM_THREADS=1 nohup experiments/rt_tables.sh > runs/tables/gru64.log 2>&1 &
 #
 # A hidden-64 RNN-Guard run keeps ~11-12 GB resident with the default --keep-freed-memory; on a 24 GB
 # machine give one of the two TRAIN_ARGS=--return-freed-memory (slower, holds only live tensors).

@@ -47,6 +47,8 @@ def test_hidden_64_runs_join_table_one(collect, tmp_path):
     summary = text.split("### Hidden-64 RNN-Guard models")[1]
     certified = json.loads((RECORDS / "tables-rt-lstm-32-rnnguard.json").read_text())["by_eps"][0]["certified"]
     assert f"**{certified['interzono']:.1f}**" in summary
+    epochs = len((RECORDS / "tables-rt-lstm-32-rnnguard.metrics.jsonl").read_text().splitlines())
+    assert f"| 0 | {epochs} |" in summary.splitlines()[4], "the epochs column counts the metrics rows"
     assert "InterZono >= Zonotope in every Table I row: **met**" in text
 
     copies = tmp_path / "copies"
