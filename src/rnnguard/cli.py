@@ -545,14 +545,17 @@ def train_cmd(
                                                              "--kappa (default: half of the epochs after warmup).")] = None,
     kappa: Annotated[float, typer.Option("--kappa", help="Final weight of the clean loss in certified training (0..1).")] = 0.5,
     max_len: Annotated[int, typer.Option("--max-len", min=1, help="Keep the first N tokens of each text.")] = 20,
-    train_limit: Annotated[Optional[int], typer.Option("--train-limit", min=1, help="Train on the first N training texts only.")] = None,
+    train_limit: Annotated[Optional[int], typer.Option("--train-limit", min=1, help="Train on the first N training texts (mnist: images) only.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adam, or sgd (plain SGD without momentum: R2's MNIST recipe is --optimizer sgd --lr 0.5 --batch-size 100 --grad-clip 0).")] = "adam",
+    grad_clip: Annotated[float, typer.Option("--grad-clip", min=0, help="Clip the gradient norm to this value; 0: no clipping.")] = 5.0,
     lr_decay_after: Annotated[Optional[str], typer.Option("--lr-decay-after", help="Comma-separated epoch counts (e.g. 9,10): after each, the learning rate is multiplied by --lr-gamma (step decay).")] = None,
     lr_gamma: Annotated[float, typer.Option("--lr-gamma", help="Learning-rate factor at each --lr-decay-after epoch.")] = 0.1,
     val_certify: Annotated[Optional[float], typer.Option("--val-certify", help="After every epoch, certify the first --val-certify-limit validation texts at this eps (InterZono, l_inf, all frames) and record val_certified, to select a checkpoint.")] = None,
     val_certify_limit: Annotated[int, typer.Option("--val-certify-limit", min=1, help="Validation texts certified per epoch with --val-certify.")] = 500,
     keep_epochs: Annotated[bool, typer.Option("--keep-epochs", help="Also keep the model of every epoch as OUT/model-eN.pt.")] = False,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint's weights (fine-tuning; same model shape) instead of a fresh initialisation.")] = None,
     keep_freed_memory: Annotated[bool, typer.Option("--keep-freed-memory/--return-freed-memory", help="Keep freed memory mapped for reuse (faster certified training on glibc, but the peak heap stays resident: ~11-12 GB for a hidden-64 RNN-Guard run); --return-freed-memory holds only the live tensors but pays page faults again (a hidden-64 GRU epoch took ~1.7x as long).")] = True,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the initialisation and the shuffling.")] = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an existing checkpoint in --out and start over.")] = False,
@@ -567,7 +570,8 @@ def train_cmd(
                epochs=epochs, warmup=warmup, ramp=ramp, kappa=kappa, max_len=max_len, train_limit=train_limit,
                batch_size=batch_size, lr=lr, seed=seed, fresh=fresh, data_root=data_root, progress=progress,
                lr_decay_after=lr_decay_after, lr_gamma=lr_gamma, val_certify=val_certify,
-               val_certify_limit=val_certify_limit, keep_epochs=keep_epochs, keep_freed_memory=keep_freed_memory)
+               val_certify_limit=val_certify_limit, keep_epochs=keep_epochs, keep_freed_memory=keep_freed_memory,
+               optimizer=optimizer, grad_clip=grad_clip, init=init)
 
 
 def _val_certified_metric(val: Any, eps: float, limit: int) -> Callable[[torch.nn.Module], dict[str, float]]:
@@ -604,13 +608,14 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
            epochs: int, warmup: float, ramp: float | None, kappa: float, max_len: int, train_limit: int | None,
            batch_size: int, lr: float, seed: int, fresh: bool, data_root: Path | None, progress: bool,
            lr_decay_after: str | None = None, lr_gamma: float = 0.1, val_certify: float | None = None,
-           val_certify_limit: int = 500, keep_epochs: bool = False, keep_freed_memory: bool = True) -> None:
-    from rnnguard.checkpoints import CheckpointError, save_checkpoint
+           val_certify_limit: int = 500, keep_epochs: bool = False, keep_freed_memory: bool = True,
+           optimizer: str = "adam", grad_clip: float = 5.0, init: Path | None = None) -> None:
+    from rnnguard.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
     from rnnguard.data import load_text_splits
     from rnnguard.models import SequenceClassifier
     from rnnguard.objectives import METHODS, make_objective
     from rnnguard.reports import write_json
-    from rnnguard.train import CHECKPOINT_NAME, METRICS_NAME, describe_objective, evaluate, fit
+    from rnnguard.train import CHECKPOINT_NAME, METRICS_NAME, OPTIMIZERS, describe_objective, evaluate, fit
 
     t_start = time.perf_counter()
     name = dataset.strip().lower()
@@ -632,6 +637,12 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
         raise InvalidInputError(f"--lr must be a positive number; got {lr!r}")
     if method != "regular" and eps == 0:
         _say(f"note: --eps 0 makes --method {method} plain clean training")
+    opt_name = optimizer.strip().lower()
+    if opt_name not in OPTIMIZERS:
+        raise InvalidInputError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
+    if not (math.isfinite(grad_clip) and grad_clip >= 0):
+        raise InvalidInputError(f"--grad-clip must be a finite number >= 0 (0: no clipping); got {grad_clip!r}")
+    clip = float(grad_clip) if grad_clip > 0 else None
     milestones = _parse_milestones(lr_decay_after)
     if not (math.isfinite(lr_gamma) and lr_gamma > 0):
         raise InvalidInputError(f"--lr-gamma must be a positive number; got {lr_gamma!r}")
@@ -667,6 +678,12 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
 
     torch.manual_seed(seed)
     model = SequenceClassifier(kind, dim, hidden, num_classes, num_layers=layers)
+    if init is not None:
+        start, _ = load_checkpoint(init)
+        if start.config() != model.config():
+            raise InvalidInputError(f"--init {init} holds a {start.config()} model; these options build {model.config()}")
+        model.load_state_dict(start.state_dict())
+        _say(f"starting from the weights of {init} (--init)")
     objective = make_objective(method, eps, epochs=epochs, warmup=warmup, ramp=ramp, kappa_final=kappa)
     ramp_used = ramp if ramp is not None else max((epochs - warmup) / 2, 1e-9)
     schedule = "" if method == "regular" else (
@@ -689,15 +706,16 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
     elif done > 0:
         _say(f"training: resuming {ckpt} after epoch {done} of {epochs}")
     else:
-        _say(f"training: {_plural(epochs, 'epoch')} of Adam (lr {lr:g}, batch {batch_size}) on {n_train} {unit}, "
-             f"checkpoint after every epoch in {out}")
+        clipping = "no gradient clipping" if clip is None else f"gradient norm clipped to {clip:g}"
+        _say(f"training: {_plural(epochs, 'epoch')} of {'Adam' if opt_name == 'adam' else 'SGD'} (lr {lr:g}, batch "
+             f"{batch_size}, {clipping}) on {n_train} {unit}, checkpoint after every epoch in {out}")
     try:
         with _threads(None if _USER_THREADS else 1):
             history = fit(model, x_tr, y_tr, l_tr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                           checkpoint_dir=out, resume=not fresh, progress=progress, val=val if len(val) else None,
                           objective=objective, fractional_epochs=True, lr_milestones=milestones, lr_gamma=lr_gamma,
                           epoch_metrics=epoch_metrics, keep_epoch_models=keep_epochs,
-                          reuse_memory=keep_freed_memory)
+                          reuse_memory=keep_freed_memory, optimizer=opt_name, grad_clip=clip)
     except CheckpointError as exc:
         text = str(exc).replace("use another checkpoint folder or start over with resume=False",
                                 "pass --fresh to retrain, or choose another --out")
@@ -729,7 +747,7 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
     training = {
         "method": method, "eps": eps, "epochs": epochs, "warmup": warmup, "ramp": ramp, "ramp_epochs": ramp_used,
         "kappa": kappa, "batch_size": batch_size, "lr": lr, "lr_decay_after": milestones, "lr_gamma": lr_gamma,
-        "val_certify": val_certify, "seed": seed, "grad_clip": 5.0,
+        "val_certify": val_certify, "seed": seed, "grad_clip": clip, "optimizer": opt_name, "init": None if init is None else str(init),
         "n_train": n_train, "train_limit": train_limit, "objective": describe_objective(objective),
         "model": {"kind": kind, "hidden": hidden, "layers": layers},
         "epochs_done": len(history), "seconds_per_epoch": sec_per_epoch,

@@ -1,6 +1,6 @@
 """A small, deterministic and resumable training loop for sequence classifiers.
 
-:func:`fit` trains with Adam on mini-batches drawn by a seeded :class:`torch.Generator`, clips
+:func:`fit` trains with Adam (or plain SGD) on mini-batches drawn by a seeded :class:`torch.Generator`, clips
 gradients, and (with ``checkpoint_dir``) saves after every epoch, atomically, everything needed
 to continue bit-for-bit: model, optimizer, the shuffling generator, the global torch RNG and the
 metrics so far.  Re-running the same call after an interruption continues from the last
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnguard.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
-from rnnguard.errors import InvalidInputError
+from rnnguard.errors import InvalidInputError, UnknownNameError
 from rnnguard.models import SequenceClassifier
 from rnnguard.reports import write_text_atomic
 
@@ -44,6 +44,8 @@ METRICS_NAME = "metrics.jsonl"
 TRAIN_STATE_FORMAT = "rnnguard-train-state"
 # a validation set on which one class gets at least this share of the predictions flags a collapse
 COLLAPSE_SHARE = 0.99
+#: Optimizers ``fit`` accepts by name (SGD without momentum is the recipe R2 trained its MNIST LSTMs with).
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
 class CollapseWarning(UserWarning):
@@ -252,13 +254,16 @@ def fit(
     lr_gamma: float = 0.1,
     epoch_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
     keep_epoch_models: bool = False,
+    optimizer: str = "adam",
 ) -> list[dict]:
     """Train ``model`` on ``x (N, T, d)``, ``y (N,)``, ``lengths (N,)`` for ``epochs`` epochs; returns
     one metrics dict per epoch (``epoch`` 1-based, ``train_loss``, ``train_acc``, ``val_loss``,
     ``val_acc`` and ``val_majority`` when ``val`` is given, ``seconds``).  A :class:`CollapseWarning`
     is issued for an epoch whose model gives one class to >= 99% of the validation inputs.
 
-    * Adam(``lr``, ``weight_decay``); gradient norm clipped to ``grad_clip`` (``None``: no clipping).
+    * ``optimizer``: ``"adam"`` (default) or ``"sgd"`` (plain SGD, no momentum: the recipe R2 trained
+      its MNIST LSTMs with), both with ``lr`` and ``weight_decay``; gradient norm clipped to
+      ``grad_clip`` (``None``: no clipping).
     * Each epoch visits a fresh permutation from ``torch.Generator().manual_seed(seed)``; the last
       batch may be smaller.  The model is trained in place (on its own device and dtype).
     * ``checkpoint_dir``: after every epoch ``checkpoint.pt`` (an rnnguard checkpoint, loadable with
@@ -302,6 +307,9 @@ def fit(
     milestones = sorted(lr_milestones)
     if not (isinstance(lr_gamma, (int, float)) and math.isfinite(lr_gamma) and lr_gamma > 0):
         raise InvalidInputError(f"lr_gamma must be a finite number > 0, got {lr_gamma!r}")
+    opt_name = optimizer.strip().lower() if isinstance(optimizer, str) else optimizer
+    if opt_name not in OPTIMIZERS:
+        raise UnknownNameError(f"unknown optimizer {optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
     if keep_epoch_models and checkpoint_dir is None:
         raise InvalidInputError("keep_epoch_models needs a checkpoint_dir")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -313,7 +321,7 @@ def fit(
     fractional = _wants_fractional_epochs(objective) if fractional_epochs is None else bool(fractional_epochs)
     device, dtype = params[0].device, params[0].dtype
 
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    optim: torch.optim.Optimizer = OPTIMIZERS[opt_name](params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(int(seed))
     N = x.shape[0]
     settings = {
@@ -324,6 +332,8 @@ def fit(
     }
     if milestones:  # only when set, so that checkpoints from before the option still resume
         settings.update(lr_milestones=milestones, lr_gamma=float(lr_gamma))
+    if opt_name != "adam":  # likewise
+        settings["optimizer"] = opt_name
     history: list[dict] = []
     start_epoch = 0
 
@@ -337,7 +347,7 @@ def fit(
         folder.mkdir(parents=True, exist_ok=True)
         ckpt_path, metrics_path = folder / CHECKPOINT_NAME, folder / METRICS_NAME
         if resume and ckpt_path.exists():
-            start_epoch, history = _restore(ckpt_path, model, optimizer, generator, settings, epochs)
+            start_epoch, history = _restore(ckpt_path, model, optim, generator, settings, epochs)
             _write_metrics(metrics_path, history)  # the checkpoint is the source of truth
         else:
             _write_metrics(metrics_path, [])
@@ -352,7 +362,7 @@ def fit(
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             epoch_lr = float(lr) * float(lr_gamma) ** sum(m <= epoch for m in milestones)
-            for group in optimizer.param_groups:
+            for group in optim.param_groups:
                 group["lr"] = epoch_lr
             model.train()
             perm = torch.randperm(N, generator=generator)
@@ -371,11 +381,11 @@ def fit(
                 if not torch.isfinite(loss):
                     raise InvalidInputError(
                         f"training diverged: non-finite loss {float(loss)} in epoch {epoch + 1} (try a smaller lr)")
-                optimizer.zero_grad(set_to_none=True)
+                optim.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                optimizer.step()
+                optim.step()
                 b = idx.shape[0]
                 sum_loss += float(loss.detach()) * b
                 n_seen += b
@@ -407,7 +417,7 @@ def fit(
                     row.update(epoch_metrics(model))
             history.append(row)
             if ckpt_path is not None:
-                _save(ckpt_path, model, optimizer, generator, settings, epoch + 1, epochs, history)
+                _save(ckpt_path, model, optim, generator, settings, epoch + 1, epochs, history)
                 _append_metrics(metrics_path, row)
                 if keep_epoch_models:
                     save_checkpoint(model, ckpt_path.parent / f"model-e{epoch + 1}.pt", extra={"epoch": epoch + 1})
@@ -451,7 +461,8 @@ def _restore(path: Path, model: SequenceClassifier, optimizer: torch.optim.Optim
             f"{path} was trained with model {payload['config']}, not {model.config()}; "
             "use another checkpoint folder or start over with resume=False")
     saved = training.get("settings", {})
-    diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+    # over both key sets: optional settings (lr_milestones, optimizer) are stored only when not at their default
+    diff = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings} if saved.get(k) != settings.get(k)}
     if diff:
         detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(f"cannot resume from {path}: training settings differ ({detail}); "

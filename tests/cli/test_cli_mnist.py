@@ -87,3 +87,32 @@ def test_mnist_option_errors(trained: Path, tmp_path: Path):
     res = _run("certify", "--checkpoint", trained, "--dataset", "mnist", "--split", "val", "--eps", "0",
                "--data-root", ROOT)
     assert res.exit_code == 2 and "train and test splits only" in res.output
+
+
+def test_train_with_r2s_sgd_recipe(tmp_path: Path):
+    """--optimizer sgd --grad-clip 0 (R2's recipe) is recorded in the checkpoint; bad values are refused."""
+    out = tmp_path / "sgd"
+    res = _run("train", "--dataset", "mnist", "--frames", 4, "--hidden", 4, "--method", "regular", "--epochs", 1,
+               "--train-limit", 200, "--optimizer", "sgd", "--lr", 0.5, "--batch-size", 100, "--grad-clip", 0,
+               "--out", out, "--no-progress", "--data-root", ROOT)
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "of SGD (lr 0.5, batch 100, no gradient clipping) on 200 images" in res.output
+    training = load_checkpoint(out / "model.pt")[1]["training"]
+    assert (training["optimizer"], training["grad_clip"], training["lr"]) == ("sgd", None, 0.5)
+    res = _run("train", "--dataset", "mnist", "--epochs", 0, "--optimizer", "lbfgs", "--out", tmp_path / "x",
+               "--data-root", ROOT)
+    assert res.exit_code == 2 and "--optimizer must be one of adam, sgd" in res.output
+
+
+def test_train_init_starts_from_a_checkpoint(trained: Path, tmp_path: Path):
+    """--init copies the weights of a trained model (fine-tuning) and refuses a model of another shape."""
+    common = ("train", "--dataset", "mnist", "--frames", 7, "--model", "lstm", "--layers", 2, "--method", "regular",
+              "--epochs", 0, "--no-progress", "--data-root", ROOT, "--init", trained)
+    res = _run(*common, "--hidden", 8, "--out", tmp_path / "same")
+    assert res.exit_code == 0, (res.output, res.exception)
+    start, _ = load_checkpoint(trained)
+    copy, extra = load_checkpoint(tmp_path / "same" / "model.pt")
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), copy.state_dict().values()))
+    assert extra["training"]["init"] == str(trained)
+    res = _run(*common, "--hidden", 4, "--out", tmp_path / "other")
+    assert res.exit_code == 2 and "--init" in res.output and "'hidden_size': 8" in res.output

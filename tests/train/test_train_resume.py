@@ -328,3 +328,35 @@ def test_epoch_metrics_and_kept_epoch_models(tmp_path):
     for a, b in zip(final.parameters(), ckpt.parameters()):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert any(not torch.equal(a, b) for a, b in zip(first.parameters(), final.parameters()))
+
+
+def test_sgd_optimizer_is_plain_sgd_and_resumes(tmp_path):
+    """optimizer="sgd" takes plain SGD steps (R2's MNIST recipe), resumes exactly, and is a setting of its own."""
+    x, y, lengths = _data()
+    kwargs = dict(batch_size=40, seed=2, progress=False, lr=0.5, optimizer="sgd", grad_clip=None)
+    model, reference = _model(), _model()
+    fit(model, x, y, lengths, epochs=1, **kwargs)  # one batch = one step
+    loss = clean_cross_entropy(reference, x, y, lengths)
+    loss = loss[0] if isinstance(loss, tuple) else loss
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    for p, q, g in zip(model.parameters(), reference.parameters(), grads):
+        torch.testing.assert_close(p.detach(), q.detach() - 0.5 * g, atol=1e-6, rtol=0)
+
+    kwargs["batch_size"] = 8
+    full = _model()
+    fit(full, x, y, lengths, epochs=3, checkpoint_dir=tmp_path / "a", **kwargs)
+    fit(_model(), x, y, lengths, epochs=1, checkpoint_dir=tmp_path / "b", **kwargs)
+    resumed = _model(seed=5)
+    fit(resumed, x, y, lengths, epochs=3, checkpoint_dir=tmp_path / "b", **kwargs)
+    for a, b in zip(_params(full), _params(resumed)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    with pytest.raises(CheckpointError, match="optimizer"):  # an Adam run cannot resume an SGD checkpoint
+        fit(_model(), x, y, lengths, epochs=4, checkpoint_dir=tmp_path / "b", **{**kwargs, "optimizer": "adam"})
+
+
+def test_unknown_optimizer_is_rejected():
+    from rnnguard.errors import UnknownNameError
+
+    x, y, lengths = _data()
+    with pytest.raises(UnknownNameError, match="adam or sgd"):
+        fit(_model(), x, y, lengths, epochs=1, progress=False, optimizer="rmsprop")
