@@ -5,12 +5,14 @@ For each checkpoint: the first ``--n`` correctly classified test inputs of a see
 script also reports the PGD-robust fraction (no verifier can certify more) and cross-checks
 soundness: every certified input is attacked and must survive (violations must be 0).
 
-    python benchmarks/certify_methods.py                      # the R2-band MNIST models, eps 0.01
+    python benchmarks/certify_methods.py                      # the R2-recipe MNIST models, eps 0.01
+    python benchmarks/certify_methods.py --model-dir models/mnist/r2band   # the Adam-trained R2-band models
+    python benchmarks/certify_methods.py --r2-order --models 04F_032H_1L   # R2's own image order
     python benchmarks/certify_methods.py --eps 0.005,0.01,0.015,0.02 --domains backsub,hybrid
     python benchmarks/certify_methods.py --checkpoint runs/repro/lstm32-rnnguard/model.pt --dataset rt --eps 0.01
 
 Results are printed as a markdown table and written to ``benchmarks/results/certify_methods.json``
-(``--out``), merged by (checkpoint, eps, domain) so that partial runs accumulate.
+(``--out``), merged by (checkpoint, eps, domain, image order) so that partial runs accumulate.
 """
 
 from __future__ import annotations
@@ -45,17 +47,30 @@ def _inputs(path: Path, dataset: str, data_root: str | None):
     return model, part.x, part.y, part.lengths, None
 
 
+def _r2_subset(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` correctly classified inputs in R2's order: ``torch.randperm`` seeded 1000."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1000))
+    model.eval()
+    with torch.no_grad():
+        correct = torch.cat([model(x[order[s:s + 1000]]).argmax(1) == y[order[s:s + 1000]]
+                             for s in range(0, len(x), 1000)])
+    return order[correct][:n]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", action="append", help="checkpoint path (repeatable); default: models/mnist/<NAME>.pt")
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help="MNIST model names under --model-dir")
-    ap.add_argument("--model-dir", default=str(ROOT / "models" / "mnist" / "r2band"))
+    ap.add_argument("--model-dir", default=str(ROOT / "models" / "mnist" / "r2recipe"))
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--eps", default="0.01")
     ap.add_argument("--domains", default=DEFAULT_DOMAINS)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0, help="permutation seed for the correctly classified subset")
+    ap.add_argument("--r2-order", action="store_true",
+                    help="walk the test set in R2's own order (test_mnist.py: torch.randperm with a generator seeded "
+                         "1000) instead of numpy's default_rng(--seed) permutation")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "certify_methods.json"))
     args = ap.parse_args()
@@ -65,13 +80,14 @@ def main() -> None:
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.exists() else {"rows": []}
     record["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    rows = {(r["checkpoint"], r["eps"], r["domain"]): r for r in record["rows"]}
+    rows = {(r["checkpoint"], r["eps"], r["domain"], r.get("order", "seed 0")): r for r in record["rows"]}
     print("| model | eps | domain | certified % | s / input | PGD-robust % | violations |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for path in paths:
         label = path.parent.name if path.stem == "model" else path.stem
         model, x, y, lengths, clip = _inputs(path, args.dataset, args.data_root)
-        idx = correctly_classified_subset(model, x, y, args.n, seed=args.seed, lengths=lengths)
+        idx = _r2_subset(model, x, y, args.n) if args.r2_order else \
+            correctly_classified_subset(model, x, y, args.n, seed=args.seed, lengths=lengths)
         xs, ys = x[idx].double(), y[idx]
         ls = None if lengths is None else lengths[idx]
         for eps in (float(e) for e in args.eps.split(",")):
@@ -85,9 +101,10 @@ def main() -> None:
                 violations = int((result.certified & ~robust).sum())
                 row = {"checkpoint": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                        "dataset": args.dataset, "eps": eps, "domain": domain, "n": len(idx),
+                       "order": "r2" if args.r2_order else f"seed {args.seed}",
                        "certified_pct": 100 * result.certified_fraction, "seconds_per_input": seconds / len(idx),
                        "pgd_robust_pct": 100 * float(robust.float().mean()), "violations": violations}
-                rows[(row["checkpoint"], eps, domain)] = row
+                rows[(row["checkpoint"], eps, domain, row["order"])] = row
                 print(f"| {label} | {eps:g} | {domain} | {row['certified_pct']:.1f} | {row['seconds_per_input']:.4f} "
                       f"| {row['pgd_robust_pct']:.1f} | {violations} |", flush=True)
                 record["rows"] = list(rows.values())

@@ -212,6 +212,7 @@ def test_real_mnist():
 
 
 R2BAND = "## R2-band models"  # the README section of models/mnist/r2band/*.pt
+R2RECIPE = "## R2-recipe models"  # the README section of models/mnist/r2recipe/*.pt
 R2_BAND = (95.97, 96.95)  # R2's MNIST models: 96.46 +- 0.49 % test accuracy
 
 
@@ -240,6 +241,7 @@ def _readme_rows(section: str | None = None) -> dict[str, float]:
 
 CHECKPOINTS = sorted(MODELS.glob("*.pt"))
 R2BAND_CHECKPOINTS = sorted((MODELS / "r2band").glob("*.pt"))
+R2RECIPE_CHECKPOINTS = sorted((MODELS / "r2recipe").glob("*.pt"))
 
 
 def _check_committed_checkpoint(path: Path, recorded: float) -> dict:
@@ -280,11 +282,27 @@ def test_committed_r2band_checkpoint(path: Path):
     assert pgd["eps"] == 0.01 and pgd["n"] == 100 and pgd["robust"] + pgd["broken"] == 100
 
 
+@needs_mnist
+@pytest.mark.skipif(not R2RECIPE_CHECKPOINTS, reason="no committed R2-recipe MNIST checkpoints")
+@pytest.mark.parametrize("path", R2RECIPE_CHECKPOINTS, ids=lambda p: f"r2recipe-{p.stem}")
+def test_committed_r2recipe_checkpoint(path: Path):
+    """R2's own training recipe (train_mnist.py: plain SGD, lr 0.5, batch 100, 5 epochs, 48,000 images)."""
+    extra = _check_committed_checkpoint(path, _readme_rows(R2RECIPE)[path.stem])
+    tr = extra["training"]
+    assert (tr["method"], tr["optimizer"], tr["lr"], tr["batch_size"], tr["grad_clip"], tr["epochs"], tr["n_train"],
+            tr["seed"]) == ("regular", "sgd", 0.5, 100, None, 5, 48000, 0)
+    assert "--optimizer sgd --lr 0.5 --batch-size 100 --grad-clip 0 --epochs 5 --train-limit 48000" in tr["command"]
+    pgd = extra["pgd_first_100"]
+    assert pgd["eps"] == 0.01 and pgd["n"] == 100 and pgd["robust"] + pgd["broken"] == 100
+
+
 def test_readme_tables_are_separate():
-    """The R2-band table does not leak into the 10-epoch one (same names, different models)."""
-    main, band = _readme_rows(), _readme_rows(R2BAND)
+    """The R2-band and R2-recipe tables do not leak into the 10-epoch one (same names, different models)."""
+    main, band, recipe = _readme_rows(), _readme_rows(R2BAND), _readme_rows(R2RECIPE)
     assert {p.stem for p in CHECKPOINTS} <= set(main)
     assert {p.stem for p in R2BAND_CHECKPOINTS} <= set(band)
+    assert {p.stem for p in R2RECIPE_CHECKPOINTS} <= set(recipe)
+    assert main != recipe and band != recipe
     assert all(R2_BAND[0] <= acc <= R2_BAND[1] for acc in band.values()), band
 
 
