@@ -307,7 +307,7 @@ def fit(
     milestones = sorted(lr_milestones)
     if not (isinstance(lr_gamma, (int, float)) and math.isfinite(lr_gamma) and lr_gamma > 0):
         raise InvalidInputError(f"lr_gamma must be a finite number > 0, got {lr_gamma!r}")
-    opt_name = optimizer.strip().lower() if isinstance(optimizer, str) else optimizer
+    opt_name = optimizer.strip().lower() if isinstance(optimizer, str) else ""
     if opt_name not in OPTIMIZERS:
         raise UnknownNameError(f"unknown optimizer {optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
     if keep_epoch_models and checkpoint_dir is None:
