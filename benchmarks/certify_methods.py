@@ -12,7 +12,7 @@ soundness: every certified input is attacked and must survive (violations must b
     python benchmarks/certify_methods.py --checkpoint runs/repro/lstm32-rnnguard/model.pt --dataset rt --eps 0.01
 
 Results are printed as a markdown table and written to ``benchmarks/results/certify_methods.json``
-(``--out``), merged by (checkpoint, eps, domain, image order) so that partial runs accumulate.
+(``--out``), merged by (checkpoint, eps, domain, image order, n) so that partial runs accumulate.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main() -> None:
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.exists() else {"rows": []}
     record["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    rows = {(r["checkpoint"], r["eps"], r["domain"], r.get("order", "seed 0")): r for r in record["rows"]}
+    rows = {(r["checkpoint"], r["eps"], r["domain"], r.get("order", "seed 0"), r["n"]): r for r in record["rows"]}
     print("| model | eps | domain | certified % | s / input | PGD-robust % | violations |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for path in paths:
@@ -104,7 +104,7 @@ def main() -> None:
                        "order": "r2" if args.r2_order else f"seed {args.seed}",
                        "certified_pct": 100 * result.certified_fraction, "seconds_per_input": seconds / len(idx),
                        "pgd_robust_pct": 100 * float(robust.float().mean()), "violations": violations}
-                rows[(row["checkpoint"], eps, domain, row["order"])] = row
+                rows[(row["checkpoint"], eps, domain, row["order"], row["n"])] = row
                 print(f"| {label} | {eps:g} | {domain} | {row['certified_pct']:.1f} | {row['seconds_per_input']:.4f} "
                       f"| {row['pgd_robust_pct']:.1f} | {violations} |", flush=True)
                 record["rows"] = list(rows.values())
