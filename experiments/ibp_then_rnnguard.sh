@@ -7,7 +7,8 @@
 # Resumable (rerun the same line).  Output: $OUT (default runs/ibplong): e04-r8/ (IBP, 30 epochs,
 # every epoch kept, validation certified accuracy per epoch), rg-from-ibp/ (RNN-Guard, 3 epochs from
 # the selected IBP epoch), and their evaluations on the first 200 and on all 1,066 test texts.
-# Selection rule (both runs): the epoch with the highest val_certified, ties -> higher val_acc.
+# Selection rule (both runs): the epoch with the highest val_certified, ties -> higher val_acc, skipping
+# epochs that collapsed to a constant classifier (rnnguard.train.select_epoch).
 # IBP_EPOCH=26 fine-tunes from that IBP epoch instead (the run in docs/results.md: epoch 26 was the
 # selected one among the 27 epochs done when the fine-tuning started; over all 30 the rule picks 30).
 set -uo pipefail
@@ -16,11 +17,11 @@ OUT=${OUT:-runs/ibplong}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 run() { python -m rnnguard.cli --threads 1 "$@"; }
-best_epoch() {  # the selected epoch of a run folder's metrics.jsonl
+best_epoch() {  # the selected epoch of a run folder's metrics.jsonl (rnnguard.train.select_epoch)
   python - "$1/metrics.jsonl" <<'EOF'
 import json, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-print(max(rows, key=lambda r: (r["val_certified"], r["val_acc"]))["epoch"])
+from rnnguard.train import select_epoch
+print(select_epoch([json.loads(line) for line in open(sys.argv[1])])["epoch"])
 EOF
 }
 evaluate() {  # checkpoint, output folder prefix

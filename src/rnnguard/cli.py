@@ -615,7 +615,7 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
     from rnnguard.models import SequenceClassifier
     from rnnguard.objectives import METHODS, make_objective
     from rnnguard.reports import write_json
-    from rnnguard.train import CHECKPOINT_NAME, METRICS_NAME, OPTIMIZERS, describe_objective, evaluate, fit
+    from rnnguard.train import CHECKPOINT_NAME, METRICS_NAME, OPTIMIZERS, describe_objective, evaluate, fit, select_epoch
 
     t_start = time.perf_counter()
     name = dataset.strip().lower()
@@ -724,11 +724,13 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
 
     if history:
         _print_table(_history_rows(history), f"{method} training on {name}: per-epoch metrics")
-        scored = [h for h in history if h.get("val_certified") is not None]
-        if scored:
-            best = max(scored, key=lambda h: (h["val_certified"], h.get("val_acc") or 0.0))
+        best = select_epoch(history)
+        if best is not None:
             where = f" ({out / ('model-e%d.pt' % best['epoch'])})" if keep_epochs else ""
-            _say(f"best validation certified accuracy: {100 * best['val_certified']:.1f}% after epoch {best['epoch']}{where}")
+            _say(f"best validation certified accuracy: {100 * best['val_certified']:.1f}% after epoch {best['epoch']}{where}"
+                 " (epochs that collapsed to a constant classifier skipped)")
+        elif any(h.get("val_certified") is not None for h in history):
+            _say("every epoch collapsed to a (nearly) constant classifier: no epoch to select")
     with _threads(None if _USER_THREADS else 1):
         val_metrics = evaluate(model, val.x, val.y, val.lengths) if len(val) else None
         test_metrics = evaluate(model, test.x, test.y, test.lengths) if len(test) else None

@@ -37,7 +37,8 @@ from rnnguard.errors import InvalidInputError, UnknownNameError
 from rnnguard.models import SequenceClassifier
 from rnnguard.reports import write_text_atomic
 
-__all__ = ["Objective", "clean_cross_entropy", "evaluate", "fit", "keep_freed_memory", "CHECKPOINT_NAME", "METRICS_NAME"]
+__all__ = ["Objective", "clean_cross_entropy", "evaluate", "fit", "keep_freed_memory", "select_epoch", "CHECKPOINT_NAME",
+           "METRICS_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -46,6 +47,18 @@ TRAIN_STATE_FORMAT = "rnnguard-train-state"
 COLLAPSE_SHARE = 0.99
 #: Optimizers ``fit`` accepts by name (SGD without momentum is the recipe R2 trained its MNIST LSTMs with).
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+def select_epoch(history: Sequence[dict]) -> dict | None:
+    """The metrics row of the epoch to keep: the highest ``val_certified`` (ties: higher ``val_acc``)
+    among epochs that did not collapse (``val_majority`` below :data:`COLLAPSE_SHARE`).
+
+    A collapsed epoch's model is (nearly) constant: it "certifies" the majority class's share of
+    the validation data, which can beat every useful epoch of an unstable run.  ``None`` when no
+    row has ``val_certified`` or every such epoch collapsed."""
+    scored = [h for h in history if h.get("val_certified") is not None
+              and (h.get("val_majority") or 0.0) < COLLAPSE_SHARE]
+    return max(scored, key=lambda h: (h["val_certified"], h.get("val_acc") or 0.0)) if scored else None
 
 
 class CollapseWarning(UserWarning):

@@ -360,3 +360,15 @@ def test_unknown_optimizer_is_rejected():
     x, y, lengths = _data()
     with pytest.raises(UnknownNameError, match="adam or sgd"):
         fit(_model(), x, y, lengths, epochs=1, progress=False, optimizer="rmsprop")
+
+
+def test_select_epoch_skips_collapsed_epochs():
+    from rnnguard.train import select_epoch
+
+    rows = [{"epoch": 1, "val_certified": 0.30, "val_acc": 0.70, "val_majority": 0.60},
+            {"epoch": 2, "val_certified": 0.52, "val_acc": 0.50, "val_majority": 1.00},  # constant: skipped
+            {"epoch": 3, "val_certified": 0.30, "val_acc": 0.72, "val_majority": 0.55},  # tie -> higher val_acc
+            {"epoch": 4, "train_loss": 0.1}]
+    assert select_epoch(rows)["epoch"] == 3
+    assert select_epoch(rows[1:2]) is None and select_epoch([]) is None
+    assert select_epoch([{"epoch": 1, "val_certified": 0.1}])["epoch"] == 1  # no val_majority recorded
