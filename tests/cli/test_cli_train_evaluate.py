@@ -110,14 +110,19 @@ def test_train_resume_evaluate_on_rt(tmp_path):
     assert load_checkpoint(run / "model.pt")[1]["training"]["epochs_done"] == 2
 
 
+def _train_tiny_gru_with_val_certify(run: Path, *args: str):
+    """Two epochs of a hidden-4 GRU on 32 RT texts, certifying 6 validation texts after each epoch."""
+    return _ok(_run("train", "--dataset", "rt", "--model", "gru", "--hidden", "4", "--epochs", "2", "--max-len", "4",
+                    "--train-limit", "32", "--batch-size", "16", "--val-certify", "0.01", "--val-certify-limit", "6",
+                    "--keep-epochs", "--out", run, "--data-root", DATA, "--no-progress", *args))
+
+
 @pytest.mark.shared_data
 @pytest.mark.skipif(DATA is None, reason="shared data folder (rt-polarity + glove) not found")
 def test_train_lr_decay_val_certified_and_kept_epochs(tmp_path):
     run = tmp_path / "run"
-    res = _ok(_run("train", "--dataset", "rt", "--model", "gru", "--hidden", "4", "--method", "ibp", "--eps", "0.01",
-                   "--epochs", "2", "--ramp", "1", "--max-len", "4", "--train-limit", "32", "--batch-size", "16",
-                   "--lr-decay-after", "1", "--lr-gamma", "0.5", "--val-certify", "0.01", "--val-certify-limit", "6",
-                   "--keep-epochs", "--out", run, "--data-root", DATA, "--no-progress"))
+    res = _train_tiny_gru_with_val_certify(run, "--method", "ibp", "--eps", "0.01", "--ramp", "1",
+                                           "--lr-decay-after", "1", "--lr-gamma", "0.5")
     rows = _metrics(run)
     assert [r["lr"] for r in rows] == pytest.approx([1e-3, 5e-4])
     assert all(0 <= r["val_certified"] <= 1 and r["val_certified"] * 6 == pytest.approx(round(r["val_certified"] * 6))
@@ -135,9 +140,7 @@ def test_train_lr_decay_val_certified_and_kept_epochs(tmp_path):
 @pytest.mark.skipif(DATA is None, reason="shared data folder (rt-polarity + glove) not found")
 def test_train_names_the_best_non_constant_epoch(tmp_path):
     run = tmp_path / "run"
-    res = _ok(_run("train", "--dataset", "rt", "--model", "gru", "--hidden", "4", "--method", "regular", "--epochs", "2",
-                   "--max-len", "4", "--train-limit", "32", "--batch-size", "16", "--lr", "0.05", "--val-certify", "0.01",
-                   "--val-certify-limit", "6", "--keep-epochs", "--out", run, "--data-root", DATA, "--no-progress"))
+    res = _train_tiny_gru_with_val_certify(run, "--method", "regular", "--lr", "0.05")
     rows = _metrics(run)
     assert any(r["val_majority"] < 0.99 for r in rows)
     best = max((r for r in rows if r["val_majority"] < 0.99), key=lambda r: (r["val_certified"], r["val_acc"]))
