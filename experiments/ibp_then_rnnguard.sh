@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # RT LSTM-32: a long IBP schedule, then RNN-Guard fine-tuning from the IBP model that validation
-# selects (docs/results.md, "A long IBP schedule, and RNN-Guard fine-tuning from it"):
+# selects (docs/results.md, "A long IBP schedule beats RNN-Guard training on LSTM-32"):
 #
-#   OMP_NUM_THREADS=1 nohup experiments/ibp_then_rnnguard.sh &
+#   IBP_EPOCH=26 OMP_NUM_THREADS=1 nohup experiments/ibp_then_rnnguard.sh &   # the run reported there
 #
 # Resumable (rerun the same line).  Output: $OUT (default runs/ibplong): e04-r8/ (IBP, 30 epochs,
 # every epoch kept, validation certified accuracy per epoch), rg-from-ibp/ (RNN-Guard, 3 epochs from
