@@ -23,6 +23,7 @@ from rnnguard import LpBall, Perturbation
 from rnnguard.attacks import PGD
 from rnnguard.checkpoints import load_checkpoint, save_checkpoint
 from rnnguard.data import correctly_classified_subset, sequence_mnist
+from rnnguard.train import evaluate
 
 PGD_EPS = 0.01
 
@@ -41,14 +42,11 @@ def export(run: Path, out: Path, command: str) -> dict:
     model, extra = load_checkpoint(run / "model.pt")
     frames = int(extra["data"]["frames"])
     x, y = sequence_mnist("test", frames=frames)
-    model.eval()
-    with torch.no_grad():
-        pred = torch.cat([model(x[s:s + 2000]).argmax(1) for s in range(0, len(x), 2000)])
     history = extra.get("history") or []
     training = dict(extra["training"], command=command,
                     train_seconds=sum(float(h.get("seconds") or 0.0) for h in history))
-    extra = dict(extra, training=training, test_accuracy=float((pred == y).float().mean()),
-                 test_accuracy_first_500=float((pred[:500] == y[:500]).float().mean()),
+    extra = dict(extra, training=training, test_accuracy=evaluate(model, x, y)["accuracy"],
+                 test_accuracy_first_500=evaluate(model, x[:500], y[:500])["accuracy"],
                  pgd_first_100=pgd_first_100(model, x, y))
     save_checkpoint(model, out / f"{run.name}.pt", extra=extra)
     return extra
