@@ -25,9 +25,9 @@ print(select_epoch([json.loads(line) for line in open(sys.argv[1])])["epoch"])
 EOF
 }
 evaluate() {  # checkpoint, output folder prefix
-  run evaluate --checkpoint "$1" --dataset rt --limit 200 --eps 0.03 --domain box,zonotope,interzono \
+  run evaluate --checkpoint "$1" --dataset rt --limit 200 --max-len 20 --eps 0.03 --domain box,zonotope,interzono \
       --attacks pgd,ensemble --out "$2-200"
-  run evaluate --checkpoint "$1" --dataset rt --limit 1066 --eps 0.03 --domain box,zonotope,interzono \
+  run evaluate --checkpoint "$1" --dataset rt --limit 1066 --max-len 20 --eps 0.03 --domain box,zonotope,interzono \
       --attacks pgd,ensemble --out "$2-full"
 }
 

@@ -288,7 +288,11 @@ def _load_inputs(checkpoint: Path, *, inputs: Path | None, dataset: str | None, 
 
         name = dataset.strip().lower()  # type: ignore[union-attr]
         if max_len is None:
-            max_len = data_info.get("max_len") if data_info.get("dataset") == name else None
+            if data_info.get("dataset") == name:
+                max_len = data_info.get("max_len")
+            elif not data_info:
+                _say(f"warning: {checkpoint} records no training data settings, so {name} texts are NOT cut to a "
+                     "token count; pass --max-len N (rnnguard train's default is 20) to read them as training did")
         split_seed = seed if seed is not None else int(data_info.get("seed", 0) or 0)
         data = load_text_splits(name, root=data_root, max_len=max_len, seed=split_seed)
         part = data[split]
@@ -714,7 +718,7 @@ def _train(*, out: Path, dataset: str, frames: int | None, model_kind: str, hidd
             history = fit(model, x_tr, y_tr, l_tr, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                           checkpoint_dir=out, resume=not fresh, progress=progress, val=val if len(val) else None,
                           objective=objective, fractional_epochs=True, lr_milestones=milestones, lr_gamma=lr_gamma,
-                          epoch_metrics=epoch_metrics, keep_epoch_models=keep_epochs,
+                          epoch_metrics=epoch_metrics, keep_epoch_models=keep_epochs, epoch_model_extra={"data": data_info},
                           reuse_memory=keep_freed_memory, optimizer=opt_name, grad_clip=clip)
     except CheckpointError as exc:
         text = str(exc).replace("use another checkpoint folder or start over with resume=False",

@@ -26,7 +26,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, Union
+from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -268,6 +268,7 @@ def fit(
     epoch_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
     keep_epoch_models: bool = False,
     optimizer: str = "adam",
+    epoch_model_extra: Mapping[str, Any] | None = None,
 ) -> list[dict]:
     """Train ``model`` on ``x (N, T, d)``, ``y (N,)``, ``lengths (N,)`` for ``epochs`` epochs; returns
     one metrics dict per epoch (``epoch`` 1-based, ``train_loss``, ``train_acc``, ``val_loss``,
@@ -301,6 +302,9 @@ def fit(
       on validation data, to select a checkpoint); called in eval mode, under ``torch.no_grad``.
     * ``keep_epoch_models``: also save the model after every epoch as ``model-e{N}.pt`` (needs
       ``checkpoint_dir``), so that any epoch can be evaluated or selected later.
+      ``epoch_model_extra`` (plain values) is stored in each of these files next to ``epoch``:
+      the CLI puts its data settings there (token cut-off, split seed), so that evaluating an
+      epoch's model reads its inputs exactly as training did.
     """
     x, y, lengths = _check_data(x, y, lengths, "fit")
     val_data = _unpack_val(val)
@@ -433,7 +437,8 @@ def fit(
                 _save(ckpt_path, model, optim, generator, settings, epoch + 1, epochs, history)
                 _append_metrics(metrics_path, row)
                 if keep_epoch_models:
-                    save_checkpoint(model, ckpt_path.parent / f"model-e{epoch + 1}.pt", extra={"epoch": epoch + 1})
+                    save_checkpoint(model, ckpt_path.parent / f"model-e{epoch + 1}.pt",
+                                    extra={**(epoch_model_extra or {}), "epoch": epoch + 1})
             if bar is not None:
                 msg = f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}"
                 if row["train_acc"] is not None:

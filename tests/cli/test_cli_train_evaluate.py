@@ -132,6 +132,12 @@ def test_train_lr_decay_val_certified_and_kept_epochs(tmp_path):
     else:
         assert "best validation certified accuracy" in res.stdout and "model-e" in res.stdout
     assert (run / "model-e1.pt").is_file() and (run / "model-e2.pt").is_file()
+    # an epoch's model carries the data settings, so evaluating it reads texts as training did
+    assert load_checkpoint(run / "model-e1.pt")[1]["data"] == load_checkpoint(run / "model.pt")[1]["data"]
+    cj = tmp_path / "epoch1.json"
+    res = _ok(_run("certify", "--checkpoint", run / "model-e1.pt", "--dataset", "rt", "--limit", "3", "--eps", "0.001",
+                   "--domain", "box", "--data-root", DATA, "--json", cj))
+    assert json.loads(cj.read_text())["source"]["max_len"] == 4 and "warning" not in res.stdout
     training = load_checkpoint(run / "model.pt")[1]["training"]
     assert training["lr_decay_after"] == [1] and training["lr_gamma"] == 0.5 and training["val_certify"] == 0.01
 
@@ -345,3 +351,20 @@ def test_every_method_trains_one_epoch(method):
     assert len(history) == 1 and history[0]["train_loss"] > 0
     if method != "regular":
         assert history[0]["eps"] == pytest.approx(0.05)  # ramp of half an epoch, last batch at 0.5
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(DATA is None, reason="shared data folder (rt-polarity + glove) not found")
+def test_text_checkpoint_without_data_settings_warns_and_reads_whole_texts(tmp_path):
+    """A checkpoint that records no data settings cannot know the training cut-off: the texts are read
+    whole and the command says so, naming --max-len; with --max-len the warning goes."""
+    ckpt = save_checkpoint(SequenceClassifier("lstm", 50, 3, 2), tmp_path / "bare.pt")
+    whole, cut = tmp_path / "whole.json", tmp_path / "cut.json"
+    res = _ok(_run("certify", "--checkpoint", ckpt, "--dataset", "rt", "--limit", "2", "--eps", "0.001",
+                   "--domain", "box", "--data-root", DATA, "--json", whole))
+    assert "records no training data settings" in res.stdout and "--max-len" in res.stdout
+    assert json.loads(whole.read_text())["source"]["max_len"] is None
+    res = _ok(_run("certify", "--checkpoint", ckpt, "--dataset", "rt", "--limit", "2", "--eps", "0.001",
+                   "--domain", "box", "--max-len", "6", "--data-root", DATA, "--json", cut))
+    assert "records no training data settings" not in res.stdout
+    assert json.loads(cut.read_text())["source"]["max_len"] == 6

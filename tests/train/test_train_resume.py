@@ -317,14 +317,14 @@ def test_epoch_metrics_and_kept_epoch_models(tmp_path):
         return {"val_certified": 0.25 * len(seen)}
 
     h = fit(_model(), x, y, lengths, epochs=2, batch_size=8, progress=False, checkpoint_dir=tmp_path,
-            epoch_metrics=extra, keep_epoch_models=True)
+            epoch_metrics=extra, keep_epoch_models=True, epoch_model_extra={"data": {"max_len": 7}, "epoch": -1})
     assert seen == [(False, False), (False, False)]
     assert [row["val_certified"] for row in h] == [0.25, 0.5]
     assert [row["val_certified"] for row in _metrics_lines(tmp_path)] == [0.25, 0.5]
     final, extra = load_checkpoint(tmp_path / "model-e2.pt")
     first, _ = load_checkpoint(tmp_path / "model-e1.pt")
     ckpt, _ = load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert extra["epoch"] == 2
+    assert extra["epoch"] == 2 and extra["data"] == {"max_len": 7}  # the epoch number wins over the extra's
     for a, b in zip(final.parameters(), ckpt.parameters()):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert any(not torch.equal(a, b) for a, b in zip(first.parameters(), final.parameters()))
