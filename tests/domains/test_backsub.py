@@ -1,8 +1,10 @@
-"""Back-substitution specifics: LP-based variants end to end, the optimiser's contract, exact l_2.
+"""Back-substitution specifics: LP-based and free-slope variants end to end, the optimiser's
+contract, exact l_2.
 
 The generic soundness and ordering checks of ``backsub``, ``backsub-opt`` and ``hybrid`` run with
 the other domains in ``test_containment.py`` / ``test_tightness.py``; the LP variants are slow
-(one small LP per neuron), so they get a smaller set of cases here.
+(one small LP per neuron) and the free slopes recompute exact offsets at every step, so they get a
+smaller set of cases here.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import rnnguard.domains.backsub as backsub  # noqa: E402
 from rnnguard import LpBall, Perturbation, certify  # noqa: E402
 from rnnguard.certify import propagate_margins  # noqa: E402
 from rnnguard.models import lower  # noqa: E402
+from rnnguard.relaxations.functions import exact_offsets  # noqa: E402
 
 from e2e_support import (  # noqa: E402
     CASES,
@@ -51,38 +54,95 @@ def test_lp_variants_sound(case, domain):
     assert (bounds >= case_bounds(case, "all", 0.3, "box") - TOL).all()
 
 
+SLOPE_CASES = [c for c in CASES if c.seed == 0]
+
+
+@pytest.mark.parametrize("case", SLOPE_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("frames,eps,norm", [("all", 0.3, "linf"), ("one", 0.5, "linf"), ("all", 0.6, "l2")])
+def test_free_slopes_sound_and_never_looser(case, frames, eps, norm):
+    """Free-slope margins hold for sampled points and PGD's worst points, and never fall below the
+    plain back-substitution's (the optimiser keeps the best iterate, starting from its planes)."""
+    data = case_data(case)
+    pert = Perturbation(LpBall(eps, norm), FRAME_CHOICES[frames])
+    regions = pert.regions(data.x, data.lengths)
+    bounds = case_bounds(case, frames, eps, "backsub-slopes", norm)
+    gen = torch.Generator().manual_seed(23)
+    inside_box = 64 if norm == "linf" else 0  # an l_2 bound holds on the ball, not on its enclosing box
+    points = sample_points(pert, data.x, data.lengths, regions, n_ball=128, n_box=inside_box, n_corner=inside_box,
+                           generator=gen)
+    margins, _ = evaluate_points(data.program, points, regions, data.labels)
+    assert (margins.amin(0) >= bounds - TOL).all()
+    ball = None if norm == "linf" else (regions.ball_center, regions.ball_eps)
+    attacked = pgd_min_margins(data.program, regions.lower, regions.upper, regions.lengths,
+                               data.labels[regions.sample_index], steps=40, restarts=2, seed=5, ball=ball)
+    assert (attacked >= bounds - TOL).all()
+    assert (bounds >= case_bounds(case, frames, eps, "backsub", norm) - TOL).all()
+
+
+def test_free_slopes_gain_somewhere():
+    """The free slopes must actually move: strictly above the plain back-substitution on some open region."""
+    gains = [(case_bounds(c, "all", 0.3, "backsub-slopes", "linf") - case_bounds(c, "all", 0.3, "backsub", "linf")).max()
+             for c in SLOPE_CASES]
+    assert max(float(g) for g in gains) > 1e-3
+
+
+@pytest.mark.parametrize("op", ["sigmoid_tanh", "mul_sigmoid", "mul", "tanh", "sigmoid"])
+def test_exact_offsets_gradient_is_danskin(op):
+    """The free-slope optimiser differentiates the exact offsets in the slopes: the gradient of the
+    box minimum of ``f - a.x`` is ``-x*`` at its minimiser, checked against finite differences."""
+    torch.manual_seed(3)
+    k = 1 if op in ("tanh", "sigmoid") else 2
+    lo = torch.randn(k, 50, dtype=torch.float64)
+    hi = lo + torch.rand(k, 50, dtype=torch.float64) * 2 + 0.05
+    slopes = [(torch.randn(50, dtype=torch.float64) * 0.3).requires_grad_() for _ in range(k)]
+    bounds = [t for i in range(k) for t in (lo[i], hi[i])]
+    low, high = exact_offsets(op, slopes, *bounds)
+    for pick in (0, 1):
+        value = exact_offsets(op, slopes, *bounds)[pick]
+        grads = torch.autograd.grad(value.sum(), slopes)
+        for i in range(k):
+            h = 1e-6
+            up = [s.detach() + (h if j == i else 0) for j, s in enumerate(slopes)]
+            down = [s.detach() - (h if j == i else 0) for j, s in enumerate(slopes)]
+            numeric = (exact_offsets(op, up, *bounds)[pick] - exact_offsets(op, down, *bounds)[pick]) / (2 * h)
+            torch.testing.assert_close(grads[i], numeric, atol=1e-5, rtol=1e-4)
+    assert torch.isfinite(low).all() and torch.isfinite(high).all()
+
+
 def _record_optimiser_batches(monkeypatch) -> list[int]:
     """Patch the back-substitution to record the number of regions of every OPTIMISED pass."""
     calls: list[int] = []
     real = backsub._backsub
 
-    def counting(graph, terms, const, weights=None):
-        if weights is not None:
+    def counting(graph, terms, const, weights=None, record=None, direct=None):
+        if weights is not None or direct is not None:
             calls.append(const.shape[0])
-        return real(graph, terms, const, weights)
+        return real(graph, terms, const, weights, record, direct)
 
     monkeypatch.setattr(backsub, "_backsub", counting)
     return calls
 
 
-def test_optimiser_skips_certified_regions(monkeypatch):
+@pytest.mark.parametrize("domain", ["backsub-opt", "backsub-slopes"])
+def test_optimiser_skips_certified_regions(monkeypatch, domain):
     """At eps = 0 everything certifies on the first pass: no optimisation step may run."""
     calls = _record_optimiser_batches(monkeypatch)
     data = case_data(CASES[0])
     with torch.no_grad():
         predicted = data.model(data.x, data.lengths).argmax(1)
-    result = certify(data.model, data.x, predicted, Perturbation(LpBall(0.0)), domain="backsub-opt", lengths=data.lengths)
+    result = certify(data.model, data.x, predicted, Perturbation(LpBall(0.0)), domain=domain, lengths=data.lengths)
     assert bool(result.certified.all()) and calls == []
 
 
-def test_optimiser_only_sees_open_regions(monkeypatch):
+@pytest.mark.parametrize("domain", ["backsub-opt", "backsub-slopes"])
+def test_optimiser_only_sees_open_regions(monkeypatch, domain):
     case = next(c for c in CASES if c.kind == "lstm")
     data = case_data(case)
     pert = Perturbation(LpBall(0.05), FRAME_CHOICES["all"])
     plain = case_bounds(case, "all", 0.05, "backsub")
     seen = _record_optimiser_batches(monkeypatch)
     with torch.no_grad():
-        propagate_margins(data.program, pert.regions(data.x, data.lengths), data.labels, "backsub-opt")
+        propagate_margins(data.program, pert.regions(data.x, data.lengths), data.labels, domain)
     n_open = int((~(plain > 0).all(dim=1)).sum())
     assert all(n <= n_open for n in seen)
 

@@ -82,9 +82,16 @@ def _start_interzono(regions: Regions) -> tuple[list[AbstractValue], Callable[[T
     return frames, lambda x: InterZono(Zonotope.point(x, main), Zonotope.point(x, support))
 
 
-def _backsub_start(method: str, optimise: bool, lp_candidates: bool = False) -> Start:
+# free slopes: a smaller, decaying rate and more patience than the candidate weights need (tuned on
+# the R2-recipe 04F_032H_1L model's open images at eps 0.01: margins keep rising for ~60 steps)
+_OPTIMISE_MODES = {"slopes": lambda: OptimiseOptions(steps=60, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95)}
+
+
+def _backsub_start(method: str, optimise: bool | str, lp_candidates: bool = False) -> Start:
+    """``optimise``: False, True (R2-OPT candidate combinations) or an :class:`OptimiseOptions` mode."""
     def start(regions: Regions) -> tuple[list[AbstractValue], Callable[[Tensor], AbstractValue]]:
-        graph = Graph(method, OptimiseOptions() if optimise else None, lp_candidates=lp_candidates)
+        opts = None if optimise is False else OptimiseOptions() if optimise is True else _OPTIMISE_MODES[optimise]()
+        graph = Graph(method, opts, lp_candidates=lp_candidates)
         frames = input_expressions(graph, regions.lower, regions.upper, regions.masks, regions.ball_center,
                                    regions.ball_eps)
         return frames, lambda x: LinExpr.constant(graph, x)
@@ -117,6 +124,8 @@ DOMAINS: dict[str, Domain] = {
     "backsub-lp": Domain("backsub-lp", _backsub_start("lp", False), "back-substitution with R2's LP planes"),
     "backsub-opt": Domain("backsub-opt", _backsub_start("deepcert", True),
                           "back-substitution with optimised convex combinations of closed-form candidate planes"),
+    "backsub-slopes": Domain("backsub-slopes", _backsub_start("deepcert", "slopes"),
+                             "back-substitution with optimised free plane slopes, offsets exact on each box"),
     "r2-opt": Domain("r2-opt", _backsub_start("lp", True, lp_candidates=True),
                      "R2-OPT: LP planes, optimised convex combinations of LP-fitted candidates (slow)"),
 }

@@ -19,12 +19,14 @@ neuron; the margin's back-substitution uses per-margin convex combinations ``sof
 of them, and ``theta`` is trained by Adam to raise the margins' lower bounds, stopping early on
 regions already certified.  Intermediate bounds stay those of the first pass (papers-notes A2.5),
 so every combination -- every iterate -- is a sound bound, and the best one seen is returned.
+Free-slope mode (``backsub-slopes``) optimises the planes' slopes themselves instead, each
+iterate's offsets being the exact extrema over the operand box (``exact_offsets``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -47,6 +49,11 @@ class OptimiseOptions:
     steps: int = 40
     lr: float = 0.5
     patience: int = 8  # stop a run whose best bound has not improved for this many steps
+    # "combine": convex combinations of the K candidate planes (R2-OPT); "slopes": free slopes per
+    # margin and neuron, each plane's offset recomputed exactly on the box (alpha-CROWN-like)
+    mode: str = "combine"
+    slope_lr: float = 0.05
+    lr_decay: float = 1.0  # the rate is multiplied by this after every step
 
 
 @dataclass(eq=False)
@@ -245,7 +252,8 @@ def _apply(graph: Graph, op: str, operands: tuple[LinExpr, ...]) -> LinExpr:
     boxes = [_clamped(graph, len(graph.nodes), i, *v.bounds()) for i, v in enumerate(operands)]
     bounds = [t for box in boxes for t in box]
     planes = linear_bounds(op, *bounds, method=graph.method)
-    candidates = candidate_bounds(op, *bounds, lp=graph.lp_candidates) if graph.optimise is not None else None
+    combine = graph.optimise is not None and graph.optimise.mode == "combine"
+    candidates = candidate_bounds(op, *bounds, lp=graph.lp_candidates) if combine else None
     box = RELAXATIONS[op].interval(*bounds)
     node = graph.add(OpNode, op=op, operands=operands, planes=planes, candidates=candidates,
                      operand_bounds=tuple(boxes))
@@ -299,12 +307,14 @@ def _combined(planes: LinearBounds, weights: tuple[Tensor, Tensor] | None) -> Li
 
 def _backsub(graph: Graph, terms: dict[int, Tensor], const: Tensor,
              weights: dict[int, tuple[Tensor, Tensor]] | None = None,
-             record: dict[int, Tensor] | None = None) -> Tensor:
+             record: dict[int, Tensor] | None = None,
+             direct: dict[int, LinearBounds] | None = None) -> Tensor:
     """Lower bound ``(R, k)`` of ``sum_i terms[i] @ node_i + const`` over the input sets.
 
     ``terms`` are ``(R, k, n_i)`` (or shared ``(k, n_i)``).  ``weights`` (optimised mode) maps node
     ids to per-row softmax weights over the node's candidate planes.  ``record`` receives each
-    operation node's back-substituted coefficients ``(R, k, n)`` (for choosing branching splits)."""
+    operation node's back-substituted coefficients ``(R, k, n)`` (for choosing branching splits).
+    ``direct`` maps node ids to per-row planes ``(R, k, n)`` used as they are (free-slope mode)."""
     R = const.shape[0]
     acc = {k: (c if c.dim() == 3 else c.expand(R, *c.shape)) for k, c in terms.items()}
     owned: set[int] = set()  # accumulators created here may be updated in place (no autograd)
@@ -338,7 +348,10 @@ def _backsub(graph: Graph, terms: dict[int, Tensor], const: Tensor,
         if record is not None:
             record[nid] = lam
         use_candidates = weights is not None and nid in weights
-        p = _combined(node.candidates if use_candidates else node.planes, weights[nid] if use_candidates else None)
+        if direct is not None and nid in direct:
+            p = direct[nid]
+        else:
+            p = _combined(node.candidates if use_candidates else node.planes, weights[nid] if use_candidates else None)
         pos, neg = lam.clamp(min=0), lam.clamp(max=0)
         offset = (pos * p.lower_offset + neg * p.upper_offset).sum(-1)
         total = total + offset
@@ -388,18 +401,13 @@ def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tenso
     sub_terms = {k: c[idx] for k, c in terms.items()}
     sub_const = const[idx]
     k_rows = const.shape[1]
-    nodes = [n for n in graph.nodes if isinstance(n, OpNode) and n.candidates is not None]
-    thetas = {}
-    sub_nodes = {}
-    for n in nodes:
-        K = n.candidates.lower_offset.shape[-1]
-        shape = (idx.shape[0], k_rows, n.candidates.lower_offset.shape[1], K)
-        thetas[n.id] = (torch.zeros(shape, dtype=const.dtype, device=const.device, requires_grad=True),
-                        torch.zeros(shape, dtype=const.dtype, device=const.device, requires_grad=True))
-        sub_nodes[n.id] = n
     restricted = _restrict(graph, idx)
-    params = [t for pair in thetas.values() for t in pair]
-    optimiser = _Adam(params, opts.lr)
+    if opts.mode == "slopes":
+        params, planes_of = _free_slopes(restricted, k_rows)
+        optimiser = _Adam(params, opts.slope_lr)
+    else:
+        params, planes_of = _candidate_weights(restricted, k_rows)
+        optimiser = _Adam(params, opts.lr)
     sub_best = best[idx].clone()
     # per-region state: a region stops (and its best bound is frozen) once certified or after
     # `patience` steps without improvement, so its result never depends on the rest of the batch
@@ -407,8 +415,7 @@ def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tenso
     active = torch.ones(idx.shape[0], dtype=torch.bool, device=const.device)
     with torch.enable_grad():
         for _ in range(opts.steps):
-            weights = {nid: (torch.softmax(a, -1), torch.softmax(b, -1)) for nid, (a, b) in thetas.items()}
-            bound = _backsub(restricted, sub_terms, sub_const, weights)
+            bound = planes_of(sub_terms, sub_const)
             better = (bound.detach() > sub_best) & active[:, None]
             sub_best = torch.where(better, bound.detach(), sub_best)
             stale = torch.where(better.any(dim=1), torch.zeros_like(stale), stale + 1)
@@ -417,9 +424,60 @@ def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tenso
                 break
             loss = -(bound.clamp(max=0) * active[:, None]).sum()
             optimiser.step(torch.autograd.grad(loss, params, allow_unused=True))
+            optimiser.lr *= opts.lr_decay
     out = best.clone()
     out[idx] = sub_best
     return out
+
+
+Bounder = Callable[[dict[int, Tensor], Tensor], Tensor]
+
+
+def _candidate_weights(graph: Graph, k_rows: int) -> tuple[list[Tensor], Bounder]:
+    """R2-OPT parameters: per-margin softmax logits over each node's K candidate planes."""
+    thetas = {}
+    for n in graph.nodes:
+        if isinstance(n, OpNode) and n.candidates is not None:
+            R, width, K = n.candidates.lower_offset.shape
+            thetas[n.id] = tuple(torch.zeros((R, k_rows, width, K), dtype=n.candidates.lower_offset.dtype,
+                                             device=n.candidates.lower_offset.device, requires_grad=True)
+                                 for _ in range(2))
+
+    def bound(terms: dict[int, Tensor], const: Tensor) -> Tensor:
+        weights = {nid: (torch.softmax(a, -1), torch.softmax(b, -1)) for nid, (a, b) in thetas.items()}
+        return _backsub(graph, terms, const, weights)
+
+    return [t for pair in thetas.values() for t in pair], bound
+
+
+def _free_slopes(graph: Graph, k_rows: int) -> tuple[list[Tensor], Bounder]:
+    """Free-slope parameters: per margin, neuron and operand, a shift of the lower and of the upper
+    plane's slopes away from the first pass's planes.  Every iterate's offsets are the EXACT
+    extrema of ``f - slopes . operands`` over the operand box (:func:`exact_offsets`, whose
+    gradient in the slopes is the Danskin one), so every iterate is a sound plane pair."""
+    from rnnguard.relaxations.functions import exact_offsets
+
+    shifts: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
+    for n in graph.nodes:
+        if isinstance(n, OpNode) and n.operand_bounds:
+            R, width = n.planes.lower_offset.shape
+            make = lambda: torch.zeros((R, k_rows, width), dtype=n.planes.lower_offset.dtype,  # noqa: E731
+                                       device=n.planes.lower_offset.device, requires_grad=True)
+            shifts[n.id] = ([make() for _ in n.operands], [make() for _ in n.operands])
+
+    def bound(terms: dict[int, Tensor], const: Tensor) -> Tensor:
+        direct = {}
+        for nid, (dl, du) in shifts.items():
+            node = graph.nodes[nid]
+            box = [t[:, None] for pair in node.operand_bounds for t in pair]
+            lower = [s[:, None] + d for s, d in zip(node.planes.lower_slopes, dl)]
+            upper = [s[:, None] + d for s, d in zip(node.planes.upper_slopes, du)]
+            low, _ = exact_offsets(node.op, lower, *box)
+            _, high = exact_offsets(node.op, upper, *box)
+            direct[nid] = LinearBounds(tuple(lower), low, tuple(upper), high)
+        return _backsub(graph, terms, const, direct=direct)
+
+    return [t for pair in shifts.values() for part in pair for t in part], bound
 
 
 class _Adam:
@@ -464,5 +522,5 @@ def _restrict(graph: Graph, idx: Tensor) -> Graph:
                                        pick(node.ball_eps)))
         else:
             sub.nodes.append(OpNode(node.id, node.op, tuple(expr(e) for e in node.operands), planes(node.planes),
-                                    planes(node.candidates)))
+                                    planes(node.candidates), tuple((lo[idx], hi[idx]) for lo, hi in node.operand_bounds)))
     return sub
