@@ -20,7 +20,9 @@ of them, and ``theta`` is trained by Adam to raise the margins' lower bounds, st
 regions already certified.  Intermediate bounds stay those of the first pass (papers-notes A2.5),
 so every combination -- every iterate -- is a sound bound, and the best one seen is returned.
 Free-slope mode (``backsub-slopes``) optimises the planes' slopes themselves instead, each
-iterate's offsets being the exact extrema over the operand box (``exact_offsets``).
+iterate's offsets being the exact extrema over the operand box (``exact_offsets``); with
+``intermediate_steps`` (``backsub-alpha``) it also tightens every operation's operand box that way
+before computing the operation's planes (alpha-CROWN-like: intermediate bounds are optimised too).
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class OptimiseOptions:
     mode: str = "combine"
     slope_lr: float = 0.05
     lr_decay: float = 1.0  # the rate is multiplied by this after every step
+    # "slopes" mode: also tighten every operand box of every operation, when its node is created,
+    # by this many free-slope steps on the operand's own lower and upper bounds (0: first-pass boxes)
+    intermediate_steps: int = 0
 
 
 @dataclass(eq=False)
@@ -249,7 +254,7 @@ class _LazyPiece(LinExpr):
 
 
 def _apply(graph: Graph, op: str, operands: tuple[LinExpr, ...]) -> LinExpr:
-    boxes = [_clamped(graph, len(graph.nodes), i, *v.bounds()) for i, v in enumerate(operands)]
+    boxes = [_clamped(graph, len(graph.nodes), i, *_tightened(graph, v)) for i, v in enumerate(operands)]
     bounds = [t for box in boxes for t in box]
     planes = linear_bounds(op, *bounds, method=graph.method)
     combine = graph.optimise is not None and graph.optimise.mode == "combine"
@@ -258,6 +263,36 @@ def _apply(graph: Graph, op: str, operands: tuple[LinExpr, ...]) -> LinExpr:
     node = graph.add(OpNode, op=op, operands=operands, planes=planes, candidates=candidates,
                      operand_bounds=tuple(boxes))
     return LinExpr.of_node(graph, node.id, box[0].shape[-1], box[0], box)
+
+
+def _tightened(graph: Graph, value: LinExpr) -> tuple[Tensor, Tensor]:
+    """``value``'s bounds, tightened (alpha-CROWN-like) when the graph asks for intermediate steps.
+
+    The lower bounds of ``value`` and ``-value`` are back-substituted with free slopes on every
+    earlier operation (exact offsets on their boxes) and raised by Adam; every iterate is sound, so
+    the best one, intersected with the first-pass bounds, is a sound box.  Nodes created later
+    compute their planes on these boxes, so the tightening compounds through the time steps."""
+    lo, hi = value.bounds()
+    opts = graph.optimise
+    if opts is None or opts.mode != "slopes" or opts.intermediate_steps <= 0:
+        return lo, hi
+    if not any(isinstance(graph.nodes[k], OpNode) for k in value.terms):
+        return lo, hi  # affine in the inputs: back-substitution is already exact
+    R, m = value.const.shape
+    terms = {k: torch.cat([c, -c], dim=-2) for k, c in value.terms.items()}
+    terms = {k: (c if c.dim() == 3 else c.expand(R, *c.shape)) for k, c in terms.items()}
+    const = torch.cat([value.const, -value.const], dim=-1)
+    params, bound_of = _free_slopes(graph, 2 * m)
+    best = torch.cat([lo, -hi], dim=-1)
+    optimiser = _Adam(params, opts.slope_lr)
+    with torch.enable_grad():
+        for _ in range(opts.intermediate_steps):
+            bound = bound_of(terms, const)
+            best = torch.maximum(best, bound.detach())
+            optimiser.step(torch.autograd.grad(-bound.sum(), params, allow_unused=True))
+            optimiser.lr *= opts.lr_decay
+    lo, hi = best[:, :m], -best[:, m:]
+    return lo, torch.maximum(hi, lo)
 
 
 def _clamped(graph: Graph, node_id: int, operand: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
