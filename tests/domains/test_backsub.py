@@ -56,6 +56,25 @@ def test_lp_variants_sound(case, domain):
     assert (bounds >= case_bounds(case, "all", 0.3, "box") - TOL).all()
 
 
+def _check_sound_and_above(case, frames, eps, norm, domain, floor, *, seeds):
+    """``domain``'s margins hold for sampled and PGD-attacked points and are never below ``floor``'s."""
+    data = case_data(case)
+    pert = Perturbation(LpBall(eps, norm), FRAME_CHOICES[frames])
+    regions = pert.regions(data.x, data.lengths)
+    bounds = case_bounds(case, frames, eps, domain, norm)
+    gen = torch.Generator().manual_seed(seeds[0])
+    inside_box = 64 if norm == "linf" else 0  # an l_2 bound holds on the ball, not on its enclosing box
+    points = sample_points(pert, data.x, data.lengths, regions, n_ball=128, n_box=inside_box, n_corner=inside_box,
+                           generator=gen)
+    margins, _ = evaluate_points(data.program, points, regions, data.labels)
+    assert (margins.amin(0) >= bounds - TOL).all()
+    ball = None if norm == "linf" else (regions.ball_center, regions.ball_eps)
+    attacked = pgd_min_margins(data.program, regions.lower, regions.upper, regions.lengths,
+                               data.labels[regions.sample_index], steps=40, restarts=2, seed=seeds[1], ball=ball)
+    assert (attacked >= bounds - TOL).all()
+    assert (bounds >= case_bounds(case, frames, eps, floor, norm) - TOL).all()
+
+
 SLOPE_CASES = [c for c in CASES if c.seed == 0]
 
 
@@ -64,21 +83,7 @@ SLOPE_CASES = [c for c in CASES if c.seed == 0]
 def test_free_slopes_sound_and_never_looser(case, frames, eps, norm):
     """Free-slope margins hold for sampled points and PGD's worst points, and never fall below the
     plain back-substitution's (the optimiser keeps the best iterate, starting from its planes)."""
-    data = case_data(case)
-    pert = Perturbation(LpBall(eps, norm), FRAME_CHOICES[frames])
-    regions = pert.regions(data.x, data.lengths)
-    bounds = case_bounds(case, frames, eps, "backsub-slopes", norm)
-    gen = torch.Generator().manual_seed(23)
-    inside_box = 64 if norm == "linf" else 0  # an l_2 bound holds on the ball, not on its enclosing box
-    points = sample_points(pert, data.x, data.lengths, regions, n_ball=128, n_box=inside_box, n_corner=inside_box,
-                           generator=gen)
-    margins, _ = evaluate_points(data.program, points, regions, data.labels)
-    assert (margins.amin(0) >= bounds - TOL).all()
-    ball = None if norm == "linf" else (regions.ball_center, regions.ball_eps)
-    attacked = pgd_min_margins(data.program, regions.lower, regions.upper, regions.lengths,
-                               data.labels[regions.sample_index], steps=40, restarts=2, seed=5, ball=ball)
-    assert (attacked >= bounds - TOL).all()
-    assert (bounds >= case_bounds(case, frames, eps, "backsub", norm) - TOL).all()
+    _check_sound_and_above(case, frames, eps, norm, "backsub-slopes", "backsub", seeds=(23, 5))
 
 
 ALPHA_CASES = [c for c in CASES if c.seed == 0 and c.num_layers == 1]
@@ -98,21 +103,7 @@ def light_alpha(monkeypatch):
 def test_optimised_intermediate_boxes_sound_and_never_looser(case, frames, eps, norm):
     """backsub-alpha (every intermediate box optimised with free slopes on the open regions) holds
     for sampled and attacked points and is never below backsub-slopes."""
-    data = case_data(case)
-    pert = Perturbation(LpBall(eps, norm), FRAME_CHOICES[frames])
-    regions = pert.regions(data.x, data.lengths)
-    bounds = case_bounds(case, frames, eps, "backsub-alpha", norm)
-    gen = torch.Generator().manual_seed(29)
-    inside_box = 64 if norm == "linf" else 0
-    points = sample_points(pert, data.x, data.lengths, regions, n_ball=128, n_box=inside_box, n_corner=inside_box,
-                           generator=gen)
-    margins, _ = evaluate_points(data.program, points, regions, data.labels)
-    assert (margins.amin(0) >= bounds - TOL).all()
-    ball = None if norm == "linf" else (regions.ball_center, regions.ball_eps)
-    attacked = pgd_min_margins(data.program, regions.lower, regions.upper, regions.lengths,
-                               data.labels[regions.sample_index], steps=40, restarts=2, seed=7, ball=ball)
-    assert (attacked >= bounds - TOL).all()
-    assert (bounds >= case_bounds(case, frames, eps, "backsub-slopes", norm) - TOL).all()
+    _check_sound_and_above(case, frames, eps, norm, "backsub-alpha", "backsub-slopes", seeds=(29, 7))
 
 
 def test_optimised_intermediate_boxes_are_sound_and_tighter():
