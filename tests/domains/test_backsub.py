@@ -256,3 +256,21 @@ def test_unknown_domain_lists_backsub_names():
     data = case_data(CASES[0])
     with pytest.raises(UnknownNameError, match="backsub-opt"):
         certify(data.model, data.x, data.labels, Perturbation(LpBall(0.1)), domain="deeppoly")
+
+
+def test_shared_operand_is_tightened_once(monkeypatch):
+    """An operand of several operations (an LSTM's cell state feeds ``h`` and the next step's
+    ``f*c``) is optimised once: the second operation reuses the first one's tightened box."""
+    case = next(c for c in ALPHA_CASES if c.kind == "lstm")
+    data = case_data(case)
+    regions = Perturbation(LpBall(0.3), FRAME_CHOICES["all"]).regions(data.x, data.lengths)
+    graph = backsub.Graph("deepcert", backsub.OptimiseOptions(mode="slopes", intermediate_steps=2))
+    calls = []
+    real = backsub._free_slopes
+    monkeypatch.setattr(backsub, "_free_slopes", lambda g, k: calls.append(k) or real(g, k))
+    frames = backsub.input_expressions(graph, regions.lower, regions.upper, regions.masks)
+    unroll(data.program, frames, regions.lengths, lambda x: backsub.LinExpr.constant(graph, x))
+    operands = {id(v): v for n in graph.nodes if isinstance(n, backsub.OpNode) for v in n.operands
+                if any(isinstance(graph.nodes[k], backsub.OpNode) for k in v.terms)}
+    uses = sum(1 for n in graph.nodes if isinstance(n, backsub.OpNode) for v in n.operands if id(v) in operands)
+    assert len(calls) == len(operands) < uses

@@ -1,0 +1,75 @@
+"""The closed-form pieces behind the exact offsets: the interior stationary points of
+``sigma(x)tanh(y) - a x - b y`` (bracketed root finding on ``s(s-b)(1-s)^2 = a^2``)."""
+
+from __future__ import annotations
+
+import torch
+
+from rnnguard.relaxations.functions import _sigmoid_tanh_interior, exact_offsets
+
+F64 = torch.float64
+
+
+def _h(s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return s * (s - b) * (1 - s) ** 2
+
+
+def _mode(b: torch.Tensor) -> torch.Tensor:
+    return ((2 + 3 * b) + torch.sqrt(9 * b * b - 4 * b + 4)) / 8
+
+
+def _logit(s: torch.Tensor) -> torch.Tensor:
+    return torch.log(s) - torch.log1p(-s)
+
+
+def test_mode_is_the_maximum_of_h() -> None:
+    b = torch.linspace(0.01, 0.99, 99, dtype=F64)
+    s = b[:, None] + (1 - b[:, None]) * torch.linspace(0, 1, 20001, dtype=F64)
+    best = s.gather(1, _h(s, b[:, None]).argmax(1, keepdim=True)).squeeze(1)
+    assert torch.allclose(best, _mode(b), atol=1e-4)
+
+
+def test_finds_constructed_roots_on_both_sides_of_the_mode() -> None:
+    gen = torch.Generator().manual_seed(0)
+    b = torch.rand(4000, generator=gen, dtype=F64) * 0.93 + 0.02
+    mode = _mode(b)
+    u = torch.rand(4000, generator=gen, dtype=F64) * 0.85 + 0.05
+    for side, s in (("left", b + (mode - b) * u), ("right", mode + (1 - mode) * u)):
+        sign = torch.where(torch.rand(4000, generator=gen) < 0.5, -1.0, 1.0).to(F64)
+        a = sign * torch.sqrt(_h(s, b))
+        left, right = _sigmoid_tanh_interior(a, b)
+        x = left if side == "left" else right
+        assert torch.isfinite(left).all() and torch.isfinite(right).all()
+        assert torch.allclose(x, _logit(s), rtol=1e-11, atol=1e-11), side
+        # the other root solves the same equation
+        other = torch.sigmoid(right if side == "left" else left)
+        assert torch.allclose(_h(other, b), a * a, rtol=1e-8, atol=1e-15)
+
+
+def test_no_roots_where_there_are_none() -> None:
+    b = torch.tensor([-0.2, 0.0, 1.0, 1.3, 0.4, 0.4], dtype=F64)
+    a = torch.tensor([0.01, 0.01, 0.01, 0.01, 1.0, 0.0], dtype=F64)
+    a[5] = torch.sqrt(_h(_mode(b[5:]), b[5:])) * 1.001  # just above the mode: no root
+    for x in _sigmoid_tanh_interior(a, b):
+        assert torch.isnan(x).all()
+
+
+def test_offsets_contain_the_stationary_value_at_the_fold() -> None:
+    """Boxes centred on the interior stationary point, with a^2 at or just below h's maximum
+    (where the two roots merge and root finding is worst conditioned): the offsets must contain
+    the stationary value, and every value of a dense grid through it."""
+    gen = torch.Generator().manual_seed(1)
+    n = 3000
+    b = torch.rand(n, generator=gen, dtype=F64) * 0.9 + 0.05
+    s = _mode(b)
+    shrink = 10.0 ** -torch.randint(1, 14, (n,), generator=gen).to(F64)
+    a = torch.sqrt(_h(s, b) * (1 - shrink)) * torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(F64)
+    left, right = _sigmoid_tanh_interior(a, b)
+    x0 = torch.where(torch.rand(n, generator=gen) < 0.5, left, right)
+    y0 = torch.sign(a) * torch.atanh(torch.sqrt(1 - b / torch.sigmoid(x0)))
+    wx, wy = torch.rand(2, n, generator=gen, dtype=F64) * 1.5 + 1e-3
+    lo, hi = exact_offsets("sigmoid_tanh", (a, b), x0 - wx, x0 + wx, y0 - wy, y0 + wy)
+    t = torch.linspace(-1, 1, 101, dtype=F64)  # odd: the centre is a grid node
+    xs, ys = x0[:, None, None] + wx[:, None, None] * t[:, None], y0[:, None, None] + wy[:, None, None] * t
+    g = (torch.sigmoid(xs) * torch.tanh(ys) - a[:, None, None] * xs - b[:, None, None] * ys).reshape(n, -1)
+    assert (g.amax(1) <= hi).all() and (g.amin(1) >= lo).all()
