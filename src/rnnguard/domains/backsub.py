@@ -505,32 +505,16 @@ def _free_slopes(graph: Graph, k_rows: int) -> tuple[list[Tensor], Bounder]:
                                        device=n.planes.lower_offset.device, requires_grad=True)
             shifts[n.id] = ([make() for _ in n.operands], [make() for _ in n.operands])
 
-    # one exact_offsets call per operation type and step: every node of that type, lower and upper
-    # planes, concatenated along the neuron axis (the boxes are fixed: concatenated once)
-    groups: dict[str, list[int]] = {}
-    for nid in shifts:
-        groups.setdefault(graph.nodes[nid].op, []).append(nid)
-    boxes = {op: [torch.cat([graph.nodes[n].operand_bounds[i][j][:, None] for n in ids] * 2, dim=-1)
-                  for i in range(len(graph.nodes[ids[0]].operands)) for j in range(2)]
-             for op, ids in groups.items()}
-
     def bound(terms: dict[int, Tensor], const: Tensor) -> Tensor:
         direct = {}
-        for op, ids in groups.items():
-            planes = {}
-            for nid in ids:
-                node, (dl, du) = graph.nodes[nid], shifts[nid]
-                planes[nid] = ([s[:, None] + d for s, d in zip(node.planes.lower_slopes, dl)],
-                               [s[:, None] + d for s, d in zip(node.planes.upper_slopes, du)])
-            slopes = [torch.cat([planes[n][0][i] for n in ids] + [planes[n][1][i] for n in ids], dim=-1)
-                      for i in range(len(boxes[op]) // 2)]
-            low, high = exact_offsets(op, slopes, *boxes[op])
-            start, half = 0, low.shape[-1] // 2
-            for nid in ids:
-                width = planes[nid][0][0].shape[-1]
-                direct[nid] = LinearBounds(tuple(planes[nid][0]), low[..., start:start + width],
-                                           tuple(planes[nid][1]), high[..., half + start:half + start + width])
-                start += width
+        for nid, (dl, du) in shifts.items():
+            node = graph.nodes[nid]
+            box = [t[:, None] for pair in node.operand_bounds for t in pair]
+            lower = [s[:, None] + d for s, d in zip(node.planes.lower_slopes, dl)]
+            upper = [s[:, None] + d for s, d in zip(node.planes.upper_slopes, du)]
+            low, _ = exact_offsets(node.op, lower, *box)
+            _, high = exact_offsets(node.op, upper, *box)
+            direct[nid] = LinearBounds(tuple(lower), low, tuple(upper), high)
         return _backsub(graph, terms, const, direct=direct)
 
     return [t for pair in shifts.values() for part in pair for t in part], bound
