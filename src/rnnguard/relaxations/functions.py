@@ -216,7 +216,8 @@ def _sigmoid_tanh_interior(a: Tensor, b: Tensor, halvings: int = 10, newton: int
     ``1-s`` keeps its precision): ``halvings`` bisection steps, then safeguarded Newton steps that
     keep the bracket (a step leaving it stops at its end).  The candidate lies on the curve where
     the y-derivative vanishes, so an error ``d`` in x changes its value only by ``O(d^2)``.
-    Vectorised, no eigenproblems (the companion-matrix eigenvalues this replaces cost 4x more).
+    Vectorised, no eigenproblems: the offsets run 2.2x faster than with the batched companion-matrix
+    eigenvalues this replaces, with the same extrema (to 2e-16 relative).
     """
     logsig = torch.nn.functional.logsigmoid
     with torch.no_grad():
