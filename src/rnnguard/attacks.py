@@ -47,11 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnguard.cells import Program
+from rnnguard.cells import Program, unroll
 from rnnguard.certify import validate_inputs
+from rnnguard.domains import Point
 from rnnguard.errors import InvalidInputError, UnknownNameError
 from rnnguard.models import lower, run_program
-from rnnguard.perturbations import Perturbation
+from rnnguard.perturbations import Perturbation, Regions
 
 __all__ = [
     "AttackResult",
@@ -63,6 +64,7 @@ __all__ = [
     "Ensemble",
     "default_ensemble",
     "margins_from_logits",
+    "falsify_regions",
     "LOSSES",
 ]
 
@@ -599,3 +601,40 @@ def default_ensemble(seed: int = 0, *, steps: int = 100, restarts: int = 5) -> E
         APGD(steps=steps, loss="dlr", seed=seed + 1),
         PGD(steps=steps, loss="margin", restarts=restarts, seed=seed + 2),
     ], name="default_ensemble")
+
+
+def falsify_regions(program: Program, regions: Regions, weight: Tensor, bias: Tensor, *,
+                    steps: int = 20) -> tuple[Tensor, Tensor]:
+    """Which verification regions contain a point that violates their margin specification.
+
+    ``weight (R, k, H)`` / ``bias (R, k)`` are the margins of :func:`rnnguard.certify.margin_specification`.
+    A deterministic signed-gradient descent on each region's smallest margin, from its box centre
+    (so a violated centre is always found), with steps of 2.5 box radii / ``steps``, kept in the
+    box and, where the region has one, in its l_2 ball.  The optimised verifiers use it to skip
+    regions no sound bound can certify; it never certifies anything, so its strength only affects
+    their time.  Returns the mask ``(R,)`` and each region's lowest-margin point ``(R, T, d)``."""
+    lo, hi = regions.lower, regions.upper
+    R, T, _ = lo.shape
+    x, step = (lo + hi) / 2, (hi - lo) * (1.25 / max(steps, 1))
+    best = torch.full((R,), float("inf"), dtype=lo.dtype, device=lo.device)
+    best_x = x.clone()
+    if R == 0 or T == 0:
+        return best < 0, best_x
+    for i in range(steps + 1):
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            h = unroll(program, [Point(x[:, t]) for t in range(T)], regions.lengths, Point)
+            margin = h.margin_lower(weight, bias).amin(dim=1)
+            (grad,) = torch.autograd.grad(margin.sum(), x)
+        better = margin.detach() < best
+        best = torch.where(better, margin.detach(), best)
+        best_x = torch.where(better[:, None, None], x.detach(), best_x)
+        if i == steps or bool((best < 0).all()):
+            break
+        x = torch.minimum(torch.maximum(x.detach() - step * grad.sign(), lo), hi)
+        if regions.ball_eps is not None:  # shrink towards the ball centre (inside the box): stays in both
+            delta = x - regions.ball_center
+            norm = delta.norm(dim=-1, keepdim=True)
+            eps = regions.ball_eps[..., None].to(x.dtype)
+            x = regions.ball_center + delta * torch.where(norm > eps, eps / norm.clamp_min(torch.finfo(x.dtype).tiny), 1.0)
+    return best < 0, best_x

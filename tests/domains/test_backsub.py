@@ -93,20 +93,25 @@ ALPHA_CASES = [c for c in CASES if c.seed == 0 and c.num_layers == 1]
 def light_alpha(monkeypatch):
     """backsub-alpha with few steps: soundness holds for any number of steps, and the default
     settings (40 steps per operand box) cost minutes on these models."""
-    monkeypatch.setitem(domains_module._OPTIMISE_MODES, "alpha", lambda: backsub.OptimiseOptions(
-        steps=10, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95, intermediate_steps=4))
+    for mode, shared in (("alpha", False), ("alpha-shared", True)):
+        monkeypatch.setitem(domains_module._OPTIMISE_MODES, mode, lambda shared=shared: backsub.OptimiseOptions(
+            steps=10, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95, intermediate_steps=4,
+            intermediate_shared=shared))
 
 
 @pytest.mark.usefixtures("light_alpha")
 @pytest.mark.parametrize("case", ALPHA_CASES, ids=lambda c: c.id)
 @pytest.mark.parametrize("frames,eps,norm", [("all", 0.3, "linf"), ("all", 0.6, "l2")])
-def test_optimised_intermediate_boxes_sound_and_never_looser(case, frames, eps, norm):
-    """backsub-alpha (every intermediate box optimised with free slopes on the open regions) holds
-    for sampled and attacked points and is never below backsub-slopes."""
-    _check_sound_and_above(case, frames, eps, norm, "backsub-alpha", "backsub-slopes", seeds=(29, 7))
+@pytest.mark.parametrize("domain", ["backsub-alpha", "backsub-alpha-shared"])
+def test_optimised_intermediate_boxes_sound_and_never_looser(case, frames, eps, norm, domain):
+    """backsub-alpha (every intermediate box optimised with free slopes on the open regions, per
+    bound or shared by a box's bounds) holds for sampled and attacked points and is never below
+    backsub-slopes."""
+    _check_sound_and_above(case, frames, eps, norm, domain, "backsub-slopes", seeds=(29, 7))
 
 
-def test_optimised_intermediate_boxes_are_sound_and_tighter():
+@pytest.mark.parametrize("shared", [False, True], ids=["per-bound", "shared"])
+def test_optimised_intermediate_boxes_are_sound_and_tighter(shared):
     """The tightened operand boxes of every operation contain every sampled operand value, and
     they are tighter than the first pass's boxes."""
     case = next(c for c in ALPHA_CASES if c.kind == "lstm")
@@ -115,7 +120,8 @@ def test_optimised_intermediate_boxes_are_sound_and_tighter():
     regions = pert.regions(data.x, data.lengths)
     boxes = {}
     for steps in (0, 4):
-        graph = backsub.Graph("deepcert", backsub.OptimiseOptions(mode="slopes", intermediate_steps=steps))
+        graph = backsub.Graph("deepcert", backsub.OptimiseOptions(mode="slopes", intermediate_steps=steps,
+                                                                  intermediate_shared=shared))
         frames = backsub.input_expressions(graph, regions.lower, regions.upper, regions.masks)
         unroll(data.program, frames, regions.lengths, lambda x: backsub.LinExpr.constant(graph, x))
         boxes[steps] = [n.operand_bounds for n in graph.nodes if isinstance(n, backsub.OpNode)]
@@ -226,6 +232,27 @@ def test_optimiser_only_sees_open_regions(monkeypatch, domain):
         propagate_margins(data.program, pert.regions(data.x, data.lengths), data.labels, domain)
     n_open = int((~(plain > 0).all(dim=1)).sum())
     assert all(n <= n_open for n in seen)
+
+
+@pytest.mark.parametrize("domain", ["backsub-opt", "backsub-slopes"])
+def test_optimiser_skips_falsified_regions(monkeypatch, domain):
+    """Regions the quick attack holds a counterexample for are never optimised (nor certified)."""
+    from rnnguard.attacks import falsify_regions
+    from rnnguard.certify import margin_specification
+
+    case = next(c for c in CASES if c.kind == "lstm" and c.num_layers == 1)
+    data = case_data(case)
+    regions = Perturbation(LpBall(0.3), FRAME_CHOICES["all"]).regions(data.x, data.lengths)
+    labels = data.labels[regions.sample_index]
+    plain = case_bounds(case, "all", 0.3, "backsub")
+    broken, _ = falsify_regions(data.program, regions, *margin_specification(data.program, labels))
+    n_open = int((~(plain > 0).all(dim=1)).sum())
+    assert bool(broken.any())  # the mislabelled sample at least
+    seen = _record_optimiser_batches(monkeypatch)
+    with torch.no_grad():
+        margins = propagate_margins(data.program, regions, labels, domain)
+    assert all(n <= n_open - int(broken.sum()) for n in seen)
+    assert not ((margins > 0).all(dim=1) & broken).any()
 
 
 def test_l2_dual_norm_is_exact_for_one_linear_frame():

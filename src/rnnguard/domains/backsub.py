@@ -22,11 +22,16 @@ so every combination -- every iterate -- is a sound bound, and the best one seen
 Free-slope mode (``backsub-slopes``) optimises the planes' slopes themselves instead, each
 iterate's offsets being the exact extrema over the operand box (``exact_offsets``); with
 ``intermediate_steps`` (``backsub-alpha``) it also tightens every operation's operand box that way
-before computing the operation's planes (alpha-CROWN-like: intermediate bounds are optimised too).
+before computing the operation's planes (alpha-CROWN-like: intermediate bounds are optimised too),
+with slopes per bound, or (``intermediate_shared``, ``backsub-alpha-shared``) one set of slopes per
+box shared by all its lower and upper bounds: the exact offsets, the bulk of the cost, are then
+computed once per earlier neuron instead of once per bound (2 x width times fewer).
+Regions in ``Graph.skip`` (a concrete counterexample is known) are never optimised.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -42,6 +47,8 @@ from rnnguard.relaxations.linear import LinearBounds, candidate_bounds, linear_b
 _BACKSUB_SLACK_ULPS = 4096.0
 # float32 certification is documented as not float-sound; a smaller slack keeps it close to float64
 _FLOAT32_SLACK_ULPS = 256.0
+# free slopes: most plane entries ``(regions x rows x neurons)`` per shared exact_offsets call
+_GROUP_ELEMENTS = 8192
 
 
 @dataclass
@@ -59,6 +66,8 @@ class OptimiseOptions:
     # "slopes" mode: also tighten every operand box of every operation, when its node is created,
     # by this many free-slope steps on the operand's own lower and upper bounds (0: first-pass boxes)
     intermediate_steps: int = 0
+    # one slope set per tightened box, shared by all its lower and upper bounds (cheaper, looser)
+    intermediate_shared: bool = False
 
 
 @dataclass(eq=False)
@@ -97,6 +106,9 @@ class Graph:
     # constraints contradict the computed bounds (no input satisfies them)
     clamps: dict[tuple[int, int], tuple[Tensor, Tensor]] = field(default_factory=dict)
     empty: Tensor | None = None
+    # regions known to contain a counterexample (``rnnguard.attacks.falsify_regions``): no bound can
+    # certify them, so the optimised modes leave them at their first-pass bounds
+    skip: Tensor | None = None
 
     def add(self, node_type: type, **kwargs) -> "InputNode | OpNode":
         node = node_type(id=len(self.nodes), **kwargs)
@@ -271,7 +283,8 @@ def _tightened(graph: Graph, value: LinExpr) -> tuple[Tensor, Tensor]:
     The lower bounds of ``value`` and ``-value`` are back-substituted with free slopes on every
     earlier operation (exact offsets on their boxes) and raised by Adam; every iterate is sound, so
     the best one, intersected with the first-pass bounds, is a sound box.  Nodes created later
-    compute their planes on these boxes, so the tightening compounds through the time steps."""
+    compute their planes on these boxes, so the tightening compounds through the time steps.
+    With ``intermediate_shared`` one slope set per region serves all ``2m`` bounds."""
     lo, hi = value.bounds()
     opts = graph.optimise
     if opts is None or opts.mode != "slopes" or opts.intermediate_steps <= 0:
@@ -285,7 +298,7 @@ def _tightened(graph: Graph, value: LinExpr) -> tuple[Tensor, Tensor]:
     terms = {k: torch.cat([c, -c], dim=-2) for k, c in value.terms.items()}
     terms = {k: (c if c.dim() == 3 else c.expand(R, *c.shape)) for k, c in terms.items()}
     const = torch.cat([value.const, -value.const], dim=-1)
-    params, bound_of = _free_slopes(graph, 2 * m)
+    params, bound_of = _free_slopes(graph, 1 if opts.intermediate_shared else 2 * m)
     best = torch.cat([lo, -hi], dim=-1)
     optimiser = _Adam(params, opts.slope_lr)
     with torch.enable_grad():
@@ -431,10 +444,12 @@ def _value_at_centres(graph: Graph, terms: dict[int, Tensor], const: Tensor) -> 
 def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tensor, opts: OptimiseOptions) -> Tensor:
     """R2-OPT: raise the margin lower bounds by convex combinations of candidate planes (see module doc).
 
-    Regions with a concrete point that violates the specification (e.g. misclassified inputs)
-    cannot be certified by any bound: they are not optimised."""
+    Regions with a concrete point that violates the specification (e.g. misclassified inputs, or
+    ``graph.skip``) cannot be certified by any bound: they are not optimised."""
     todo = ~(best > 0).all(dim=1)
     todo &= (_value_at_centres(graph, terms, const) > 0).all(dim=1)
+    if graph.skip is not None:
+        todo &= ~graph.skip
     if not bool(todo.any()):
         return best
     idx = todo.nonzero(as_tuple=True)[0]
@@ -505,16 +520,31 @@ def _free_slopes(graph: Graph, k_rows: int) -> tuple[list[Tensor], Bounder]:
                                        device=n.planes.lower_offset.device, requires_grad=True)
             shifts[n.id] = ([make() for _ in n.operands], [make() for _ in n.operands])
 
+    # nodes of one operation type share an exact_offsets call (lower and upper planes side by side)
+    # up to a size budget: small tensors are dominated by per-call overhead, large ones by memory
+    groups: dict[tuple[str, int], list[OpNode]] = {}
+    for nid in shifts:
+        node = graph.nodes[nid]
+        for g in itertools.count():
+            members = groups.setdefault((node.op, g), [])
+            if not members or sum(n.planes.lower_offset.numel() for n in members + [node]) * k_rows <= _GROUP_ELEMENTS:
+                members.append(node)
+                break
+
     def bound(terms: dict[int, Tensor], const: Tensor) -> Tensor:
         direct = {}
-        for nid, (dl, du) in shifts.items():
-            node = graph.nodes[nid]
-            box = [t[:, None] for pair in node.operand_bounds for t in pair]
-            lower = [s[:, None] + d for s, d in zip(node.planes.lower_slopes, dl)]
-            upper = [s[:, None] + d for s, d in zip(node.planes.upper_slopes, du)]
-            low, _ = exact_offsets(node.op, lower, *box)
-            _, high = exact_offsets(node.op, upper, *box)
-            direct[nid] = LinearBounds(tuple(lower), low, tuple(upper), high)
+        for (op, _), nodes in groups.items():
+            lower = [[s[:, None] + d for s, d in zip(n.planes.lower_slopes, shifts[n.id][0])] for n in nodes]
+            upper = [[s[:, None] + d for s, d in zip(n.planes.upper_slopes, shifts[n.id][1])] for n in nodes]
+            slopes = [torch.cat([p[i] for p in lower] + [p[i] for p in upper], dim=-1) for i in range(len(lower[0]))]
+            box = [torch.cat([t[:, None] for n in nodes for t in (n.operand_bounds[j][side],)] * 2, dim=-1)
+                   for j in range(len(lower[0])) for side in (0, 1)]
+            low, high = exact_offsets(op, slopes, *box)
+            widths = [n.planes.lower_offset.shape[-1] for n in nodes]
+            total = sum(widths)
+            for n, lo_off, hi_off, ls, us in zip(nodes, low[..., :total].split(widths, dim=-1),
+                                                 high[..., total:].split(widths, dim=-1), lower, upper):
+                direct[n.id] = LinearBounds(tuple(ls), lo_off, tuple(us), hi_off)
         return _backsub(graph, terms, const, direct=direct)
 
     return [t for pair in shifts.values() for part in pair for t in part], bound
