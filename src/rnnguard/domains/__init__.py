@@ -62,7 +62,8 @@ class Domain:
     start: Start
     description: str
     components: tuple[str, ...] = ()  # a meet of these domains: its margins are also maxed with theirs
-    # a domain with its own margin procedure (branch and bound): (program, regions, weight, bias) -> (R, k)
+    # a domain with its own margin procedure (branch and bound, attack first, optimised intermediate boxes):
+    # (program, regions, weight, bias) -> (R, k)
     margins: Callable[..., Tensor] | None = None
 
 
