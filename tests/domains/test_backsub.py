@@ -140,6 +140,29 @@ def test_optimised_intermediate_boxes_are_sound_and_tighter(shared):
     assert float(tight.sum()) < float(widths.sum()) and bool((tight < widths - 1e-6).any())
 
 
+def test_grouped_offsets_equal_per_node_offsets(monkeypatch):
+    """Free slopes share one exact_offsets call per operation type (up to a size budget): the
+    bound must be exactly the one computed node by node, for random slopes."""
+    case = next(c for c in ALPHA_CASES if c.kind == "lstm")
+    data = case_data(case)
+    regions = Perturbation(LpBall(0.3), FRAME_CHOICES["all"]).regions(data.x, data.lengths)
+    graph = backsub.Graph("deepcert", None)
+    frames = backsub.input_expressions(graph, regions.lower, regions.upper, regions.masks)
+    h = unroll(data.program, frames, regions.lengths, lambda x: backsub.LinExpr.constant(graph, x))
+    R, k = h.const.shape[0], 3
+    terms = {key: (c if c.dim() == 3 else c.expand(R, *c.shape))[:, :k] for key, c in h.terms.items()}
+    bounds = []
+    for budget in (10**9, 0):  # everything of a type in one call; every node alone
+        monkeypatch.setattr(backsub, "_GROUP_ELEMENTS", budget)
+        params, bound_of = backsub._free_slopes(graph, k)
+        gen = torch.Generator().manual_seed(41)
+        with torch.no_grad():
+            for p in params:
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            bounds.append(bound_of(terms, h.const[:, :k]))
+    torch.testing.assert_close(bounds[0], bounds[1], rtol=0, atol=0)
+
+
 def _operand_values(graph, expr, program, points, regions):
     """Concrete values of an operand expression at every sampled point ``(N, R, n)``: the graph is
     evaluated node by node on the points (the Point semantics of each node's operation)."""

@@ -537,7 +537,7 @@ def _free_slopes(graph: Graph, k_rows: int) -> tuple[list[Tensor], Bounder]:
             lower = [[s[:, None] + d for s, d in zip(n.planes.lower_slopes, shifts[n.id][0])] for n in nodes]
             upper = [[s[:, None] + d for s, d in zip(n.planes.upper_slopes, shifts[n.id][1])] for n in nodes]
             slopes = [torch.cat([p[i] for p in lower] + [p[i] for p in upper], dim=-1) for i in range(len(lower[0]))]
-            box = [torch.cat([t[:, None] for n in nodes for t in (n.operand_bounds[j][side],)] * 2, dim=-1)
+            box = [torch.cat([n.operand_bounds[j][side][:, None] for n in nodes] * 2, dim=-1)
                    for j in range(len(lower[0])) for side in (0, 1)]
             low, high = exact_offsets(op, slopes, *box)
             widths = [n.planes.lower_offset.shape[-1] for n in nodes]
