@@ -310,17 +310,48 @@ def test_unknown_domain_lists_backsub_names():
 
 def test_shared_operand_is_tightened_once(monkeypatch):
     """An operand of several operations (an LSTM's cell state feeds ``h`` and the next step's
-    ``f*c``) is optimised once: the second operation reuses the first one's tightened box."""
+    ``f*c``) is optimised once: the second operation reuses the first one's tightened box; and the
+    operands of one step's operations are optimised together (fewer, larger optimisations)."""
     case = next(c for c in ALPHA_CASES if c.kind == "lstm")
     data = case_data(case)
     regions = Perturbation(LpBall(0.3), FRAME_CHOICES["all"]).regions(data.x, data.lengths)
     graph = backsub.Graph("deepcert", backsub.OptimiseOptions(mode="slopes", intermediate_steps=2))
     calls = []
     real = backsub._free_slopes
-    monkeypatch.setattr(backsub, "_free_slopes", lambda g, k: calls.append(k) or real(g, k))
+    monkeypatch.setattr(backsub, "_free_slopes", lambda g, k, rows=None: calls.append(k) or real(g, k, rows))
     frames = backsub.input_expressions(graph, regions.lower, regions.upper, regions.masks)
     unroll(data.program, frames, regions.lengths, lambda x: backsub.LinExpr.constant(graph, x))
     operands = {id(v): v for n in graph.nodes if isinstance(n, backsub.OpNode) for v in n.operands
                 if any(isinstance(graph.nodes[k], backsub.OpNode) for k in v.terms)}
     uses = sum(1 for n in graph.nodes if isinstance(n, backsub.OpNode) for v in n.operands if id(v) in operands)
-    assert len(calls) == len(operands) < uses
+    # per-bound slopes: one slope set per bound, so the calls' sets count every bound once
+    assert sum(calls) == sum(2 * v.const.shape[-1] for v in operands.values())
+    assert len(calls) < len(operands) < uses
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-bound", "shared"])
+def test_joint_tightening_equals_one_operand_at_a_time(monkeypatch, shared):
+    """Optimising the operands of a step together (rows stacked, own slopes per operand) gives the
+    boxes of optimising them one by one: only the per-step overhead is shared."""
+    case = next(c for c in ALPHA_CASES if c.kind == "lstm")
+    data = case_data(case)
+    regions = Perturbation(LpBall(0.3), FRAME_CHOICES["all"]).regions(data.x, data.lengths)
+    boxes = {}
+    real = backsub._tighten_jointly
+    for joint in (True, False):
+        if not joint:
+            monkeypatch.setattr(backsub, "_tighten_jointly", lambda g, vs: [real(g, [v]) for v in vs])
+        graph = backsub.Graph("deepcert", backsub.OptimiseOptions(mode="slopes", intermediate_steps=3,
+                                                                  intermediate_shared=shared))
+        frames = backsub.input_expressions(graph, regions.lower, regions.upper, regions.masks)
+        unroll(data.program, frames, regions.lengths, lambda x: backsub.LinExpr.constant(graph, x))
+        boxes[joint] = torch.cat([t.flatten() for n in graph.nodes if isinstance(n, backsub.OpNode)
+                                  for box in n.operand_bounds for t in box])
+    torch.testing.assert_close(boxes[True], boxes[False], atol=1e-9, rtol=1e-9)
+
+
+def test_open_rows_pick_each_regions_open_margins():
+    best = torch.tensor([[1.0, -2.0, 0.0, 3.0], [-1.0, 2.0, 2.0, 2.0], [-1.0, -1.0, -1.0, 5.0]])
+    rows = backsub._open_rows(best)
+    assert rows.shape == (3, 3)
+    assert [sorted(set(r.tolist())) for r in rows] == [[1, 2], [0], [0, 1, 2]]

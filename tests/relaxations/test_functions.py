@@ -37,12 +37,13 @@ def test_finds_constructed_roots_on_both_sides_of_the_mode() -> None:
     for side, s in (("left", b + (mode - b) * u), ("right", mode + (1 - mode) * u)):
         sign = torch.where(torch.rand(4000, generator=gen) < 0.5, -1.0, 1.0).to(F64)
         a = sign * torch.sqrt(_h(s, b))
-        left, right = _sigmoid_tanh_interior(a, b)
-        x = left if side == "left" else right
-        assert torch.isfinite(left).all() and torch.isfinite(right).all()
+        (xl, yl), (xr, yr) = _sigmoid_tanh_interior(a, b)
+        x, y = (xl, yl) if side == "left" else (xr, yr)
+        assert all(torch.isfinite(t).all() for t in (xl, yl, xr, yr))
         assert torch.allclose(x, _logit(s), rtol=1e-11, atol=1e-11), side
+        assert torch.allclose(y, torch.sign(a) * torch.atanh(torch.sqrt(1 - b / s)), rtol=1e-11, atol=1e-11), side
         # the other root solves the same equation
-        other = torch.sigmoid(right if side == "left" else left)
+        other = torch.sigmoid(xr if side == "left" else xl)
         assert torch.allclose(_h(other, b), a * a, rtol=1e-8, atol=1e-15)
 
 
@@ -50,8 +51,8 @@ def test_no_roots_where_there_are_none() -> None:
     b = torch.tensor([-0.2, 0.0, 1.0, 1.3, 0.4, 0.4], dtype=F64)
     a = torch.tensor([0.01, 0.01, 0.01, 0.01, 1.0, 0.0], dtype=F64)
     a[5] = torch.sqrt(_h(_mode(b[5:]), b[5:])) * 1.001  # just above the mode: no root
-    for x in _sigmoid_tanh_interior(a, b):
-        assert torch.isnan(x).all()
+    for x, y in _sigmoid_tanh_interior(a, b):
+        assert torch.isnan(x).all() and torch.isnan(y).all()
 
 
 def test_offsets_contain_the_stationary_value_at_the_fold() -> None:
@@ -64,12 +65,42 @@ def test_offsets_contain_the_stationary_value_at_the_fold() -> None:
     s = _mode(b)
     shrink = 10.0 ** -torch.randint(1, 14, (n,), generator=gen).to(F64)
     a = torch.sqrt(_h(s, b) * (1 - shrink)) * torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(F64)
-    left, right = _sigmoid_tanh_interior(a, b)
-    x0 = torch.where(torch.rand(n, generator=gen) < 0.5, left, right)
-    y0 = torch.sign(a) * torch.atanh(torch.sqrt(1 - b / torch.sigmoid(x0)))
+    (xl, yl), (xr, yr) = _sigmoid_tanh_interior(a, b)
+    pick = torch.rand(n, generator=gen) < 0.5
+    x0, y0 = torch.where(pick, xl, xr), torch.where(pick, yl, yr)
     wx, wy = torch.rand(2, n, generator=gen, dtype=F64) * 1.5 + 1e-3
     lo, hi = exact_offsets("sigmoid_tanh", (a, b), x0 - wx, x0 + wx, y0 - wy, y0 + wy)
     t = torch.linspace(-1, 1, 101, dtype=F64)  # odd: the centre is a grid node
     xs, ys = x0[:, None, None] + wx[:, None, None] * t[:, None], y0[:, None, None] + wy[:, None, None] * t
     g = (torch.sigmoid(xs) * torch.tanh(ys) - a[:, None, None] * xs - b[:, None, None] * ys).reshape(n, -1)
     assert (g.amax(1) <= hi).all() and (g.amin(1) >= lo).all()
+
+
+def test_roots_next_to_the_ends_have_exact_values() -> None:
+    """Roots crowding ``s = b`` (tiny |a|, small b: where a fixed number of x-space steps used to
+    stall) or ``s = 1``, against a 60-digit bisection: the stationary VALUE of
+    ``sigma(x)tanh(y) - a x - b y`` -- what an offset is made of -- must agree to a few ulps."""
+    import mpmath
+
+    mpmath.mp.dps = 60
+    gen = torch.Generator().manual_seed(3)
+    n = 120
+    b = 10.0 ** (-4 * torch.rand(n, generator=gen, dtype=F64))  # 1e-4 .. 1
+    b = torch.where(torch.rand(n, generator=gen) < 0.2, 1 - b * 1e-3, b).clamp(max=1 - 1e-6)
+    a = 10.0 ** (-8 * torch.rand(n, generator=gen, dtype=F64)) * torch.sqrt(_h(_mode(b), b))
+    a = a * torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(F64)
+    found = _sigmoid_tanh_interior(a, b)
+    for i in range(n):
+        av, bv = mpmath.mpf(float(a[i])), mpmath.mpf(float(b[i]))
+        mode = ((2 + 3 * bv) + mpmath.sqrt(9 * bv * bv - 4 * bv + 4)) / 8
+        h = lambda s: s * (s - bv) * (1 - s) ** 2 - av * av  # noqa: E731
+        for (x, y), (lo, hi, rising) in zip(found, ((bv, mode, True), (mode, mpmath.mpf(1), False))):
+            for _ in range(220):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if (h(mid) < 0) == rising else (lo, mid)
+            s = (lo + hi) / 2
+            xm, ym = mpmath.log(s / (1 - s)), mpmath.sign(av) * mpmath.atanh(mpmath.sqrt((s - bv) / s))
+            g = lambda u, v: mpmath.tanh(v) / (1 + mpmath.exp(-u)) - av * u - bv * v  # noqa: E731
+            scale = abs(g(xm, ym)) + abs(av * xm) + abs(bv * ym)
+            err = abs(g(xm, ym) - g(mpmath.mpf(float(x[i])), mpmath.mpf(float(y[i])))) / scale
+            assert err < 8 * torch.finfo(F64).eps, (float(a[i]), float(b[i]), float(err))

@@ -214,7 +214,9 @@ class LinExpr:
 
     @classmethod
     def apply_sum(cls, terms: Sequence[tuple[str, Sequence["LinExpr"]]]) -> "LinExpr":
-        values = [_apply(vals[0].graph, op, tuple(vals)) for op, vals in terms]
+        graph = terms[0][1][0].graph
+        _tighten_jointly(graph, [v for _, vals in terms for v in vals])
+        values = [_apply(graph, op, tuple(vals)) for op, vals in terms]
         out = values[0]
         for v in values[1:]:
             out = out + v
@@ -266,6 +268,7 @@ class _LazyPiece(LinExpr):
 
 
 def _apply(graph: Graph, op: str, operands: tuple[LinExpr, ...]) -> LinExpr:
+    _tighten_jointly(graph, operands)
     boxes = [_clamped(graph, len(graph.nodes), i, *_tightened(graph, v)) for i, v in enumerate(operands)]
     bounds = [t for box in boxes for t in box]
     planes = linear_bounds(op, *bounds, method=graph.method)
@@ -277,29 +280,71 @@ def _apply(graph: Graph, op: str, operands: tuple[LinExpr, ...]) -> LinExpr:
     return LinExpr.of_node(graph, node.id, box[0].shape[-1], box[0], box)
 
 
-def _tightened(graph: Graph, value: LinExpr) -> tuple[Tensor, Tensor]:
-    """``value``'s bounds, tightened (alpha-CROWN-like) when the graph asks for intermediate steps.
-
-    The lower bounds of ``value`` and ``-value`` are back-substituted with free slopes on every
-    earlier operation (exact offsets on their boxes) and raised by Adam; every iterate is sound, so
-    the best one, intersected with the first-pass bounds, is a sound box.  Nodes created later
-    compute their planes on these boxes, so the tightening compounds through the time steps.
-    With ``intermediate_shared`` one slope set per region serves all ``2m`` bounds."""
-    lo, hi = value.bounds()
+def _tightens(graph: Graph) -> bool:
     opts = graph.optimise
-    if opts is None or opts.mode != "slopes" or opts.intermediate_steps <= 0:
-        return lo, hi
-    if not any(isinstance(graph.nodes[k], OpNode) for k in value.terms):
-        return lo, hi  # affine in the inputs: back-substitution is already exact
-    cached = value.__dict__.get("_tightened")
-    if cached is not None:  # an operand of several operations (an LSTM's cell state) is tightened once
-        return cached
-    R, m = value.const.shape
-    terms = {k: torch.cat([c, -c], dim=-2) for k, c in value.terms.items()}
-    terms = {k: (c if c.dim() == 3 else c.expand(R, *c.shape)) for k, c in terms.items()}
-    const = torch.cat([value.const, -value.const], dim=-1)
-    params, bound_of = _free_slopes(graph, 1 if opts.intermediate_shared else 2 * m)
-    best = torch.cat([lo, -hi], dim=-1)
+    return opts is not None and opts.mode == "slopes" and opts.intermediate_steps > 0
+
+
+def _tightened(graph: Graph, value: LinExpr) -> tuple[Tensor, Tensor]:
+    """``value``'s bounds, tightened (alpha-CROWN-like) when the graph asks for intermediate steps
+    (see :func:`_tighten_jointly`)."""
+    if not _tightens(graph):
+        return value.bounds()
+    _tighten_jointly(graph, [value])
+    return value.__dict__["_tightened"]
+
+
+def _tighten_jointly(graph: Graph, values: Sequence[LinExpr]) -> None:
+    """Tighten the bounds of ``values`` (the operands of the next operations) and cache them on
+    each value, when the graph asks for intermediate steps.
+
+    The lower bounds of every value and of its negation are back-substituted with free slopes on
+    every earlier operation (exact offsets on their boxes) and raised by Adam; every iterate is
+    sound, so the best one, intersected with the first-pass bounds, is a sound box.  Nodes created
+    later compute their planes on these boxes, so the tightening compounds through the time steps.
+    The values of one call are optimised in one back-substitution (their rows stacked) with their
+    own slopes, so the result is that of optimising them one by one at a fraction of the per-step
+    overhead.  Slopes are per bound, or (``intermediate_shared``) one set per value and region
+    shared by its ``2m`` bounds.  An operand of several operations (an LSTM's cell state) is
+    tightened once."""
+    if not _tightens(graph):
+        return
+    todo: list[LinExpr] = []
+    for value in values:
+        if "_tightened" in value.__dict__ or any(value is v for v in todo):
+            continue
+        if not any(isinstance(graph.nodes[k], OpNode) for k in value.terms):
+            lo, hi = value.bounds()  # affine in the inputs: back-substitution is already exact
+            object.__setattr__(value, "_tightened", (lo, hi))
+            continue
+        todo.append(value)
+    if not todo:
+        return
+    opts = graph.optimise
+    R = todo[0].const.shape[0]
+    widths = [v.const.shape[-1] for v in todo]
+    keys = sorted({k for v in todo for k in v.terms})
+    terms = {}
+    for k in keys:
+        blocks = []
+        for v, m in zip(todo, widths):
+            c = v.terms.get(k)
+            if c is None:
+                n = graph.nodes[k].planes.lower_offset.shape[-1] if isinstance(graph.nodes[k], OpNode) \
+                    else graph.nodes[k].center.shape[-1]
+                blocks.append(todo[0].const.new_zeros(R, 2 * m, n))
+            else:
+                c = c if c.dim() == 3 else c.expand(R, *c.shape)
+                blocks += [c, -c]
+        terms[k] = torch.cat(blocks, dim=1)
+    const = torch.cat([t for v in todo for t in (v.const, -v.const)], dim=-1)
+    best = torch.cat([t for v in todo for lo, hi in [v.bounds()] for t in (lo, -hi)], dim=-1)
+    if opts.intermediate_shared:
+        row_sets = torch.repeat_interleave(torch.arange(len(todo), device=const.device),
+                                           torch.tensor([2 * m for m in widths], device=const.device))
+        params, bound_of = _free_slopes(graph, len(todo), row_sets)
+    else:
+        params, bound_of = _free_slopes(graph, const.shape[-1])
     optimiser = _Adam(params, opts.slope_lr)
     with torch.enable_grad():
         for _ in range(opts.intermediate_steps):
@@ -307,10 +352,10 @@ def _tightened(graph: Graph, value: LinExpr) -> tuple[Tensor, Tensor]:
             best = torch.maximum(best, bound.detach())
             optimiser.step(torch.autograd.grad(-bound.sum(), params, allow_unused=True))
             optimiser.lr *= opts.lr_decay
-    lo, hi = best[:, :m], -best[:, m:]
-    out = (lo, torch.maximum(hi, lo))
-    object.__setattr__(value, "_tightened", out)
-    return out
+    for v, part in zip(todo, best.split([2 * m for m in widths], dim=-1)):
+        m = part.shape[-1] // 2
+        lo, hi = part[:, :m], -part[:, m:]
+        object.__setattr__(v, "_tightened", (lo, torch.maximum(hi, lo)))
 
 
 def _clamped(graph: Graph, node_id: int, operand: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -384,7 +429,7 @@ def _backsub(graph: Graph, terms: dict[int, Tensor], const: Tensor,
             owned.add(key)
 
     total = const
-    scale = const.abs()
+    scale = const.detach().abs()  # rounding slack: no gradient needed
     while acc:
         nid = max(acc)
         lam = acc.pop(nid)
@@ -392,7 +437,7 @@ def _backsub(graph: Graph, terms: dict[int, Tensor], const: Tensor,
         if isinstance(node, InputNode):
             mag = lam.abs()
             low = (lam @ node.center[:, :, None] - mag @ node.radius[:, :, None]).squeeze(-1)
-            scale = scale + (mag @ (node.center.abs() + node.radius)[:, :, None]).squeeze(-1)
+            scale = scale + (mag.detach() @ (node.center.abs() + node.radius)[:, :, None]).squeeze(-1)
             if node.ball_eps is not None:
                 ball = (lam @ node.ball_center[:, :, None]).squeeze(-1) - node.ball_eps[:, None] * lam.norm(dim=-1)
                 low = torch.maximum(low, ball)
@@ -408,14 +453,14 @@ def _backsub(graph: Graph, terms: dict[int, Tensor], const: Tensor,
         pos, neg = lam.clamp(min=0), lam.clamp(max=0)
         offset = (pos * p.lower_offset + neg * p.upper_offset).sum(-1)
         total = total + offset
-        scale = scale + offset.abs()
+        scale = scale + offset.detach().abs()
         for operand, sl, su in zip(node.operands, p.lower_slopes, p.upper_slopes):
             s = pos * sl + neg * su
             for key, c in operand.terms.items():
                 accumulate(key, _matmul(s, c))
             shift = (s * operand.const[:, None]).sum(-1)
             total = total + shift
-            scale = scale + shift.abs()
+            scale = scale + shift.detach().abs()
     ulps = _BACKSUB_SLACK_ULPS if total.dtype == torch.float64 else _FLOAT32_SLACK_ULPS
     return total - ulps * torch.finfo(total.dtype).eps * scale - torch.finfo(total.dtype).tiny
 
@@ -453,9 +498,14 @@ def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tenso
     if not bool(todo.any()):
         return best
     idx = todo.nonzero(as_tuple=True)[0]
-    sub_terms = {k: c[idx] for k, c in terms.items()}
-    sub_const = const[idx]
-    k_rows = const.shape[1]
+    # only the margins still open are optimised: rows are independent (per-row parameters, Adam
+    # elementwise) and a certified row never moves (zero gradient), so this is a pure speed-up;
+    # regions with fewer open rows repeat one of them
+    rows = _open_rows(best[idx])
+    pick = lambda t: t[idx[:, None], rows]  # noqa: E731
+    sub_terms = {k: pick(c) for k, c in terms.items()}
+    sub_const = pick(const)
+    k_rows = rows.shape[1]
     restricted = _restrict(graph, idx)
     if opts.mode == "slopes":
         params, planes_of = _free_slopes(restricted, k_rows)
@@ -463,7 +513,7 @@ def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tenso
     else:
         params, planes_of = _candidate_weights(restricted, k_rows)
         optimiser = _Adam(params, opts.lr)
-    sub_best = best[idx].clone()
+    sub_best = pick(best)
     # per-region state: a region stops (and its best bound is frozen) once certified or after
     # `patience` steps without improvement, so its result never depends on the rest of the batch
     stale = torch.zeros(idx.shape[0], dtype=torch.long, device=const.device)
@@ -481,8 +531,19 @@ def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tenso
             optimiser.step(torch.autograd.grad(loss, params, allow_unused=True))
             optimiser.lr *= opts.lr_decay
     out = best.clone()
-    out[idx] = sub_best
+    out[idx] = best[idx].scatter_reduce(1, rows, sub_best, reduce="amax")
     return out
+
+
+def _open_rows(best: Tensor) -> Tensor:
+    """Indices ``(R, k')`` of each region's margins with a non-positive bound (k' the most any
+    region has), padded with the region's first open one."""
+    open_ = best <= 0
+    k = best.shape[1]
+    order = torch.argsort((~open_).long() * k + torch.arange(k, device=best.device), dim=1)
+    width = int(open_.sum(dim=1).max())
+    rows = order[:, :width]
+    return torch.where(torch.arange(width, device=best.device) < open_.sum(dim=1, keepdim=True), rows, rows[:, :1])
 
 
 Bounder = Callable[[dict[int, Tensor], Tensor], Tensor]
@@ -505,11 +566,14 @@ def _candidate_weights(graph: Graph, k_rows: int) -> tuple[list[Tensor], Bounder
     return [t for pair in thetas.values() for t in pair], bound
 
 
-def _free_slopes(graph: Graph, k_rows: int) -> tuple[list[Tensor], Bounder]:
+def _free_slopes(graph: Graph, k_rows: int, row_sets: Tensor | None = None) -> tuple[list[Tensor], Bounder]:
     """Free-slope parameters: per margin, neuron and operand, a shift of the lower and of the upper
     plane's slopes away from the first pass's planes.  Every iterate's offsets are the EXACT
     extrema of ``f - slopes . operands`` over the operand box (:func:`exact_offsets`, whose
-    gradient in the slopes is the Danskin one), so every iterate is a sound plane pair."""
+    gradient in the slopes is the Danskin one), so every iterate is a sound plane pair.
+
+    ``k_rows`` slope sets per region; ``row_sets`` (one entry per row of the bounded expression)
+    says which set each row uses (default: set ``i`` for row ``i``, or one set for all rows)."""
     from rnnguard.relaxations.functions import exact_offsets
 
     shifts: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
@@ -545,9 +609,17 @@ def _free_slopes(graph: Graph, k_rows: int) -> tuple[list[Tensor], Bounder]:
             for n, lo_off, hi_off, ls, us in zip(nodes, low[..., :total].split(widths, dim=-1),
                                                  high[..., total:].split(widths, dim=-1), lower, upper):
                 direct[n.id] = LinearBounds(tuple(ls), lo_off, tuple(us), hi_off)
+        if row_sets is not None:
+            direct = {nid: _select_rows(p, row_sets) for nid, p in direct.items()}
         return _backsub(graph, terms, const, direct=direct)
 
     return [t for pair in shifts.values() for part in pair for t in part], bound
+
+
+def _select_rows(planes: LinearBounds, rows: Tensor) -> LinearBounds:
+    pick = lambda t: t.index_select(1, rows)  # noqa: E731
+    return LinearBounds(tuple(map(pick, planes.lower_slopes)), pick(planes.lower_offset),
+                        tuple(map(pick, planes.upper_slopes)), pick(planes.upper_offset))
 
 
 class _Adam:
