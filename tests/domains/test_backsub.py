@@ -329,11 +329,12 @@ def test_shared_operand_is_tightened_once(monkeypatch):
     assert len(calls) < len(operands) < uses
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("shared", [False, True], ids=["per-bound", "shared"])
-def test_joint_tightening_equals_one_operand_at_a_time(monkeypatch, shared):
+def test_joint_tightening_equals_one_operand_at_a_time(monkeypatch, shared, kind):
     """Optimising the operands of a step together (rows stacked, own slopes per operand) gives the
     boxes of optimising them one by one: only the per-step overhead is shared."""
-    case = next(c for c in ALPHA_CASES if c.kind == "lstm")
+    case = next(c for c in ALPHA_CASES if c.kind == kind)
     data = case_data(case)
     regions = Perturbation(LpBall(0.3), FRAME_CHOICES["all"]).regions(data.x, data.lengths)
     boxes = {}

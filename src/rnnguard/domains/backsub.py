@@ -194,6 +194,7 @@ class LinExpr:
         out = LinExpr(self.graph, {k: -c for k, c in self.terms.items()}, -self.const, (-hi, -lo))
         if "_bounds" in self.__dict__:
             object.__setattr__(out, "_bounds", (-hi, -lo))
+        object.__setattr__(out, "_negation_of", self)  # its tightened box is ours, negated
         return out
 
     def chunk(self, parts: int) -> Sequence["LinExpr"]:
@@ -306,9 +307,11 @@ def _tighten_jointly(graph: Graph, values: Sequence[LinExpr]) -> None:
     own slopes, so the result is that of optimising them one by one at a fraction of the per-step
     overhead.  Slopes are per bound, or (``intermediate_shared``) one set per value and region
     shared by its ``2m`` bounds.  An operand of several operations (an LSTM's cell state) is
-    tightened once."""
+    tightened once, and a negated value (a GRU's ``-z``) takes its original's box."""
     if not _tightens(graph):
         return
+    negations = [v for v in values if "_negation_of" in v.__dict__ and "_tightened" not in v.__dict__]
+    values = [v.__dict__.get("_negation_of", v) for v in values]  # a GRU's -z and z: one optimisation
     todo: list[LinExpr] = []
     for value in values:
         if "_tightened" in value.__dict__ or any(value is v for v in todo):
@@ -318,8 +321,15 @@ def _tighten_jointly(graph: Graph, values: Sequence[LinExpr]) -> None:
             object.__setattr__(value, "_tightened", (lo, hi))
             continue
         todo.append(value)
-    if not todo:
-        return
+    if todo:
+        _tighten_values(graph, todo)
+    for v in negations:
+        lo, hi = v.__dict__["_negation_of"].__dict__["_tightened"]
+        object.__setattr__(v, "_tightened", (-hi, -lo))
+
+
+def _tighten_values(graph: Graph, todo: list[LinExpr]) -> None:
+    """The joint optimisation of :func:`_tighten_jointly`: rows ``[c; -c]`` of every value stacked."""
     opts = graph.optimise
     R = todo[0].const.shape[0]
     widths = [v.const.shape[-1] for v in todo]

@@ -205,6 +205,60 @@ def sigmoid_tanh_interval(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> tup
     return _corner_interval(sigmoid_tanh)(lx, ux, ly, uy)
 
 
+def _log_gap_parts(t: Tensor, left: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(e^t, s, s - b, 1 - s)`` for ``s = b + e^t`` (``left``) or ``s = 1 - e^t``."""
+    e = torch.exp(t)
+    omb = 1 - b
+    s = torch.where(left, b + e, 1 - e)
+    gap = torch.where(left, e, omb - e)
+    oms = torch.where(left, omb - e, e)
+    return e, s, gap, oms
+
+
+# root finding on more entries than this continues on the unconverged ones only
+_COMPACT_ABOVE = 4096
+
+
+def _newton_log_gap(t: Tensor, lo: Tensor, hi: Tensor, left: Tensor, b: Tensor, log_a2: Tensor, done: Tensor,
+                    tol: float, max_steps: int) -> Tensor:
+    """Safeguarded Newton on ``phi(t) = log h(s(t)) - log a^2`` (rising in ``t``) inside ``[lo, hi]``
+    (see :func:`_sigmoid_tanh_interior`); entries in ``done`` are not solved.  On large inputs the
+    iteration continues on the unconverged entries only (most take 3-6 steps, a few up to 14)."""
+    shape = t.shape
+    t, lo, hi, left, b, log_a2, done = (u.reshape(-1) for u in (t, lo, hi, left, b, log_a2, done))
+    out, where = t, None  # the working entries sit at ``where`` in ``out`` (None: all of them)
+    for _ in range(max_steps):
+        e, s, gap, oms = _log_gap_parts(t, left, b)
+        log_gap = torch.where(left, t, torch.log(gap))
+        log_oms = torch.where(left, torch.log(oms), t)
+        value = torch.log(s) + log_gap + 2 * log_oms - log_a2
+        slope = torch.where(left, 1.0, -1.0) * (e / s + torch.where(left, 1.0, e / gap)
+                                                 - 2 * torch.where(left, e / oms, 1.0))
+        guess = t - value / slope
+        below = value < 0  # the root lies above t
+        lo, hi = torch.where(below, t, lo), torch.where(below, hi, t)
+        inside = (guess >= lo) & (guess <= hi)  # NaN fails: bisect
+        step = torch.where(inside, guess, (lo + hi) / 2)
+        done = done | ((step - t).abs() <= tol * torch.maximum(t.abs(), torch.ones_like(t)))
+        t = step
+        n_open = int((~done).sum())
+        if n_open == 0:
+            break
+        if t.numel() > _COMPACT_ABOVE and 4 * n_open < t.numel():
+            keep = (~done).nonzero(as_tuple=True)[0]
+            if where is None:
+                out = t.clone()
+                where = keep
+            else:
+                out[where] = t
+                where = where[keep]
+            t, lo, hi, left, b, log_a2, done = (u[keep] for u in (t, lo, hi, left, b, log_a2, done))
+    if where is None:
+        return t.reshape(shape)
+    out[where] = t
+    return out.reshape(shape)
+
+
 def _sigmoid_tanh_interior(a: Tensor, b: Tensor, tol: float = 1e-10, max_steps: int = 80) -> list[tuple[Tensor, Tensor]]:
     """The ``(x, y)`` of the interior stationary points of ``sigma(x)tanh(y) - a x - b y`` (NaN: none).
 
@@ -237,42 +291,14 @@ def _sigmoid_tanh_interior(a: Tensor, b: Tensor, tol: float = 1e-10, max_steps: 
         log_omb = torch.log1p(-bb)
         ok &= torch.log(s_star) + torch.log(s_star - bb) + 2 * torch.log1p(-s_star) >= log_a2
         # stacked coordinates t = (v, w) with s = b + e^v (left) and s = 1 - e^w (right)
-        left = torch.tensor([True, False], device=b.device).reshape(2, *[1] * b.dim())
-        side = torch.where(left, 1.0, -1.0).to(b.dtype)
+        left = torch.tensor([True, False], device=b.device).reshape(2, *[1] * b.dim()).expand(2, *b.shape)
         hi = torch.stack([torch.log(s_star - bb), torch.log1p(-s_star)])
         lo = torch.minimum(torch.stack([log_a2 - torch.log(s_star) - 2 * log_omb, (log_a2 - log_omb) / 2]), hi)
-        omb = 1 - bb
-
-        def parts(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-            e = torch.exp(t)
-            s = torch.where(left, bb + e, 1 - e)
-            gap = torch.where(left, e, omb - e)  # s - b
-            oms = torch.where(left, omb - e, e)  # 1 - s
-            return e, s, gap, oms
-
-        def newton(t: Tensor) -> tuple[Tensor, Tensor]:
-            e, s, gap, oms = parts(t)
-            log_gap = torch.where(left, t, torch.log(gap))
-            log_oms = torch.where(left, torch.log(oms), t)
-            value = torch.log(s) + log_gap + 2 * log_oms - log_a2
-            slope = side * (e / s + torch.where(left, 1.0, e / gap) - 2 * torch.where(left, e / oms, 1.0))
-            return value, t - value / slope
-
         # start: the left root's linearisation at s = b, the right root's lower end
         t = torch.minimum(torch.maximum(torch.stack([log_a2 - torch.log(bb) - 2 * log_omb, lo[1]]), lo), hi)
-        done = ~ok.expand_as(t)
-        for _ in range(max_steps):
-            value, guess = newton(t)
-            below = value < 0  # phi rises in t: the root lies above t
-            lo, hi = torch.where(below, t, lo), torch.where(below, hi, t)
-            inside = (guess >= lo) & (guess <= hi)  # NaN fails: bisect
-            step = torch.where(inside, guess, (lo + hi) / 2)
-            converged = (step - t).abs() <= tol * torch.maximum(t.abs(), torch.ones_like(t))
-            t = step
-            if bool((converged | done).all()):
-                break
-            done |= converged
-        e, s, gap, oms = parts(t)
+        t = _newton_log_gap(t, lo, hi, left, bb.expand(2, *b.shape), log_a2.expand(2, *b.shape),
+                            ~ok.expand(2, *b.shape), tol, max_steps)
+        e, s, gap, oms = _log_gap_parts(t, left, bb)
         x = torch.log(s) - torch.where(left, torch.log(oms), t)  # logit(s)
         # atanh(sqrt(gap / s)) written without cancellation (1 - tanh(y)^2 = b / s)
         y = torch.log1p(torch.sqrt(gap / s)) - 0.5 * torch.log(bb / s)
