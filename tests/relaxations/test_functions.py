@@ -104,3 +104,25 @@ def test_roots_next_to_the_ends_have_exact_values() -> None:
             scale = abs(g(xm, ym)) + abs(av * xm) + abs(bv * ym)
             err = abs(g(xm, ym) - g(mpmath.mpf(float(x[i])), mpmath.mpf(float(y[i])))) / scale
             assert err < 8 * torch.finfo(F64).eps, (float(a[i]), float(b[i]), float(err))
+
+
+def test_warm_started_roots_equal_cold_ones() -> None:
+    """A cache of the previous call's roots (an optimiser's last step) only changes where the
+    iteration starts: the roots of the next, slightly moved, slopes are the cold-start ones; a
+    cache of another shape is ignored."""
+    gen = torch.Generator().manual_seed(4)
+    n = 5000
+    b = torch.rand(n, generator=gen, dtype=F64) * 0.98 + 0.01
+    a = torch.sqrt(_h(_mode(b), b)) * torch.rand(n, generator=gen, dtype=F64) * 1.2  # some without roots
+    cache: dict = {}
+    _sigmoid_tanh_interior(a, b, cache=cache)
+    for a2, b2 in ((a * 1.01, b + 0.003), (a * 0.5, b * 0.9)):
+        warm = _sigmoid_tanh_interior(a2, b2, cache=cache)
+        cold = _sigmoid_tanh_interior(a2, b2)
+        for (xw, yw), (xc, yc) in zip(warm, cold):
+            torch.testing.assert_close(xw, xc, rtol=1e-9, atol=1e-9, equal_nan=True)
+            torch.testing.assert_close(yw, yc, rtol=1e-9, atol=1e-9, equal_nan=True)
+    other = {"roots": torch.zeros(2, 7, dtype=F64)}
+    for (xw, _), (xc, _) in zip(_sigmoid_tanh_interior(a, b, cache=other), _sigmoid_tanh_interior(a, b)):
+        torch.testing.assert_close(xw, xc, rtol=1e-9, atol=1e-9, equal_nan=True)
+    assert other["roots"].shape == (2, n)
