@@ -606,6 +606,9 @@ def _free_slopes(graph: Graph, k_rows: int, row_sets: Tensor | None = None) -> t
                 break
 
     caches: dict[tuple[str, int], dict] = {}  # root-finding warm starts, kept across the steps
+    # per group, what every step shares: the operand boxes, side by side as the planes will be
+    boxes = {key: [torch.cat([n.operand_bounds[j][side][:, None] for n in nodes] * 2, dim=-1)
+                   for j in range(len(nodes[0].operands)) for side in (0, 1)] for key, nodes in groups.items()}
 
     def bound(terms: dict[int, Tensor], const: Tensor) -> Tensor:
         direct = {}
@@ -613,9 +616,7 @@ def _free_slopes(graph: Graph, k_rows: int, row_sets: Tensor | None = None) -> t
             lower = [[s[:, None] + d for s, d in zip(n.planes.lower_slopes, shifts[n.id][0])] for n in nodes]
             upper = [[s[:, None] + d for s, d in zip(n.planes.upper_slopes, shifts[n.id][1])] for n in nodes]
             slopes = [torch.cat([p[i] for p in lower] + [p[i] for p in upper], dim=-1) for i in range(len(lower[0]))]
-            box = [torch.cat([n.operand_bounds[j][side][:, None] for n in nodes] * 2, dim=-1)
-                   for j in range(len(lower[0])) for side in (0, 1)]
-            low, high = exact_offsets(op, slopes, *box, cache=caches.setdefault((op, g), {}))
+            low, high = exact_offsets(op, slopes, *boxes[op, g], cache=caches.setdefault((op, g), {}))
             widths = [n.planes.lower_offset.shape[-1] for n in nodes]
             total = sum(widths)
             for n, lo_off, hi_off, ls, us in zip(nodes, low[..., :total].split(widths, dim=-1),
