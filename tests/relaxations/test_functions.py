@@ -126,3 +126,13 @@ def test_warm_started_roots_equal_cold_ones() -> None:
     for (xw, _), (xc, _) in zip(_sigmoid_tanh_interior(a, b, cache=other), _sigmoid_tanh_interior(a, b)):
         torch.testing.assert_close(xw, xc, rtol=1e-9, atol=1e-9, equal_nan=True)
     assert other["roots"].shape == (2, n)
+
+
+def test_bisection_finishes_what_newton_does_not() -> None:
+    """With no Newton step allowed to finish, the bracket bisection still returns the roots."""
+    gen = torch.Generator().manual_seed(5)
+    b = torch.rand(300, generator=gen, dtype=F64) * 0.9 + 0.05
+    a = torch.sqrt(_h(_mode(b), b)) * torch.rand(300, generator=gen, dtype=F64)
+    for (x1, y1), (x2, y2) in zip(_sigmoid_tanh_interior(a, b, max_steps=1), _sigmoid_tanh_interior(a, b)):
+        torch.testing.assert_close(x1, x2, rtol=1e-9, atol=1e-9, equal_nan=True)
+        torch.testing.assert_close(y1, y2, rtol=1e-9, atol=1e-9, equal_nan=True)

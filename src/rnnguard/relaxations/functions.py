@@ -215,6 +215,12 @@ def _log_gap_parts(t: Tensor, left: Tensor, b: Tensor) -> tuple[Tensor, Tensor, 
     return e, s, gap, oms
 
 
+def _log_gap_phi(t: Tensor, left: Tensor, b: Tensor, log_a2: Tensor) -> Tensor:
+    """``log h(s(t)) - log a^2`` (see :func:`_log_gap_parts`)."""
+    e, s, gap, oms = _log_gap_parts(t, left, b)
+    return torch.log(s) + torch.where(left, t, torch.log(gap)) + 2 * torch.where(left, torch.log(oms), t) - log_a2
+
+
 # root finding on more entries than this continues on the unconverged ones only
 _COMPACT_ABOVE = 4096
 
@@ -253,6 +259,12 @@ def _newton_log_gap(t: Tensor, lo: Tensor, hi: Tensor, left: Tensor, b: Tensor, 
                 out[where] = t
                 where = where[keep]
             t, lo, hi, left, b, log_a2, done = (u[keep] for u in (t, lo, hi, left, b, log_a2, done))
+    else:  # not converged in max_steps (not seen in practice): plain bisection of the brackets
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            below = _log_gap_phi(mid, left, b, log_a2) < 0
+            lo, hi = torch.where(below | done, mid, lo), torch.where(below & ~done, hi, mid)
+        t = torch.where(done, t, (lo + hi) / 2)
     if where is None:
         return t.reshape(shape)
     out[where] = t
