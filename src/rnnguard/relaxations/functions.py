@@ -221,6 +221,8 @@ def _log_gap_phi(t: Tensor, left: Tensor, b: Tensor, log_a2: Tensor) -> Tensor:
     return torch.log(s) + torch.where(left, t, torch.log(gap)) + 2 * torch.where(left, torch.log(oms), t) - log_a2
 
 
+# phi(s*) below this: start from the quadratic model at the mode instead (see the interior roots)
+_FOLD_START = 0.1
 # root finding on more entries than this continues on the unconverged ones only
 _COMPACT_ABOVE = 4096
 
@@ -294,7 +296,9 @@ def _sigmoid_tanh_interior(a: Tensor, b: Tensor, tol: float = 1e-10, max_steps: 
     :func:`_outward` adds.  ``cache`` (a dict kept across calls with the same shapes, e.g. the steps
     of an optimiser whose slopes move a little each time) warm-starts the iteration at the previous
     call's roots, clamped into the new brackets (on the free-slope optimisers' calls: 2.9 instead
-    of 4.2 steps per root on average).  (The x-space iteration with a fixed 16 steps
+    of 4.2 steps per root on average).  Near the fold (``phi(s*) < 0.1``: both roots close to the
+    mode, where Newton crawls) the start is the root of ``phi``'s quadratic model at the mode
+    instead: the slowest entries then take 7 instead of 15 steps (cold) and a call 6 instead of 9.  (The x-space iteration with a fixed 16 steps
     this replaces stalled next to ``s = b`` for tiny ``a``, with x errors up to 7e-4 and value
     errors up to 2e-7.)
     """
@@ -306,7 +310,8 @@ def _sigmoid_tanh_interior(a: Tensor, b: Tensor, tol: float = 1e-10, max_steps: 
         log_a2 = 2 * torch.log(aa)
         s_star = ((2 + 3 * bb) + torch.sqrt(9 * bb * bb - 4 * bb + 4)) / 8
         log_omb = torch.log1p(-bb)
-        ok &= torch.log(s_star) + torch.log(s_star - bb) + 2 * torch.log1p(-s_star) >= log_a2
+        fold = torch.log(s_star) + torch.log(s_star - bb) + 2 * torch.log1p(-s_star) - log_a2  # phi(s*)
+        ok &= fold >= 0
         # stacked coordinates t = (v, w) with s = b + e^v (left) and s = 1 - e^w (right)
         left = torch.tensor([True, False], device=b.device).reshape(2, *[1] * b.dim()).expand(2, *b.shape)
         hi = torch.stack([torch.log(s_star - bb), torch.log1p(-s_star)])
@@ -316,6 +321,12 @@ def _sigmoid_tanh_interior(a: Tensor, b: Tensor, tol: float = 1e-10, max_steps: 
         previous = None if cache is None else cache.get("roots")
         if previous is not None and previous.shape == t.shape:
             t = torch.where(torch.isfinite(previous), previous, t)
+        # near the fold (phi(s*) small, the roots close to the mode, where Newton is slow) start
+        # from phi's quadratic model at the mode: s = s* -+ sqrt(2 phi(s*) / -phi''(s*))
+        curv = 1 / s_star**2 + 1 / (s_star - bb) ** 2 + 2 / (1 - s_star) ** 2
+        half = torch.sqrt(2 * fold.clamp(min=0) / curv)
+        near = torch.stack([torch.log((s_star - bb - half).clamp(min=0)), torch.log((1 - s_star - half).clamp(min=0))])
+        t = torch.where((fold < _FOLD_START) & torch.isfinite(near), near, t)
         t = torch.minimum(torch.maximum(t, lo), hi)
         t = _newton_log_gap(t, lo, hi, left, bb.expand(2, *b.shape), log_a2.expand(2, *b.shape),
                             ~ok.expand(2, *b.shape), tol, max_steps)
