@@ -298,9 +298,9 @@ def _sigmoid_tanh_interior(a: Tensor, b: Tensor, tol: float = 1e-10, max_steps: 
     call's roots, clamped into the new brackets (on the free-slope optimisers' calls: 2.9 instead
     of 4.2 steps per root on average).  Near the fold (``phi(s*) < 0.1``: both roots close to the
     mode, where Newton crawls) the start is the root of ``phi``'s quadratic model at the mode
-    instead: the slowest entries then take 7 instead of 15 steps (cold) and a call 6 instead of 9.  (The x-space iteration with a fixed 16 steps
-    this replaces stalled next to ``s = b`` for tiny ``a``, with x errors up to 7e-4 and value
-    errors up to 2e-7.)
+    instead: the slowest entries then take 7 instead of 15 steps (cold) and a call 6 instead of 9.
+    (The x-space iteration with a fixed 16 steps this replaces stalled next to ``s = b`` for tiny
+    ``a``, with x errors up to 7e-4 and value errors up to 2e-7.)
     """
     with torch.no_grad():
         aa = a.abs()
