@@ -356,3 +356,108 @@ def test_open_rows_pick_each_regions_open_margins():
     rows = backsub._open_rows(best)
     assert rows.shape == (3, 3)
     assert [sorted(set(r.tolist())) for r in rows] == [[1, 2], [0], [0, 1, 2]]
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["C-shared", "C-per-region"])
+@pytest.mark.parametrize("with_direct", [False, True], ids=["factored", "with-direct"])
+def test_box_concretisation_matches_autograd_reference(shared, with_direct):
+    """The box concretisation gives the value, the slack magnitude and the gradients (in every
+    argument) of ``lam . center - |lam| . radius`` for ``lam = direct + S @ C``; without gradients
+    (rows in blocks, one per row here) the same values, and the caller's tensors are untouched."""
+    gen = torch.Generator().manual_seed(3)
+    R, k, K, d = 3, 5, 4, 7
+    S = torch.randn(R, k, K, generator=gen, dtype=torch.float64)
+    C = torch.randn(*(() if shared else (R,)), K, d, generator=gen, dtype=torch.float64)
+    D = torch.randn(R, k, d, generator=gen, dtype=torch.float64)
+    center = torch.randn(R, d, generator=gen, dtype=torch.float64)
+    radius = torch.rand(R, d, generator=gen, dtype=torch.float64)
+    direct = [D] if with_direct else []
+    args = [t.clone().requires_grad_(True) for t in (center, radius, *direct, S, C)]
+    ref_args = [t.clone().requires_grad_(True) for t in (center, radius, *direct, S, C)]
+    low, magnitude = backsub._BoxLower.apply(args[0], args[1], len(direct), *args[2:])
+    lam = ref_args[-2] @ ref_args[-1] + (ref_args[2] if with_direct else 0)
+    ref = (lam @ ref_args[0][:, :, None] - lam.abs() @ ref_args[1][:, :, None]).squeeze(-1)
+    torch.testing.assert_close(low, ref)
+    torch.testing.assert_close(magnitude, (lam.abs() @ (center.abs() + radius)[:, :, None]).squeeze(-1).detach())
+    weight = torch.randn(R, k, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((low * weight).sum(), args)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), ref_args)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+    assert torch.autograd.gradcheck(lambda *a: backsub._BoxLower.apply(a[0], a[1], len(direct), *a[2:])[0], tuple(args))
+    copies = [t.clone() for t in (*direct, S, C)]
+    with torch.no_grad():
+        old = backsub._BLOCK_ELEMENTS
+        try:
+            backsub._BLOCK_ELEMENTS = 1  # one row per block
+            blocked = backsub._BoxLower.apply(center, radius, len(direct), *direct, S, C)
+        finally:
+            backsub._BLOCK_ELEMENTS = old
+    torch.testing.assert_close(blocked[0], ref.detach())
+    torch.testing.assert_close(blocked[1], magnitude.detach())
+    for t, c in zip((*direct, S, C), copies):
+        assert torch.equal(t, c)
+    if with_direct:  # a lone direct term: |lam| must not be taken in place
+        with torch.no_grad():
+            backsub._BoxLower.apply(center, radius, 1, D)
+        assert torch.equal(D, copies[0])
+
+
+def test_input_lower_is_the_exact_box_minimum_with_a_conservative_slack_scale():
+    """Factored terms, a direct term and an l_2 ball: the bound is the exact minimum of the summed
+    coefficient over the box (and ball), and the slack scale is |lam| @ (|center| + radius)."""
+    gen = torch.Generator().manual_seed(5)
+    R, k, d = 2, 3, 4
+    center = torch.randn(R, d, generator=gen, dtype=torch.float64)
+    radius = torch.rand(R, d, generator=gen, dtype=torch.float64)
+    node = backsub.InputNode(0, center, radius)
+    pairs = [(torch.randn(R, k, 2, generator=gen, dtype=torch.float64), torch.randn(2, d, generator=gen, dtype=torch.float64)),
+             (torch.randn(R, k, 3, generator=gen, dtype=torch.float64), torch.randn(R, 3, d, generator=gen, dtype=torch.float64))]
+    direct = torch.randn(R, k, d, generator=gen, dtype=torch.float64)
+    for with_direct in (False, True):
+        use = pairs + ([(direct, None)] if with_direct else [])
+        lam = sum(s @ c for s, c in pairs) + (direct if with_direct else 0)
+        low, scale = backsub._input_lower(node, use)
+        exact = (lam @ center[:, :, None] - lam.abs() @ radius[:, :, None]).squeeze(-1)
+        torch.testing.assert_close(low, exact)
+        torch.testing.assert_close(scale, (lam.abs() @ (center.abs() + radius)[:, :, None]).squeeze(-1))
+    eps = torch.tensor([0.3, 0.5], dtype=torch.float64)
+    ball = backsub.InputNode(0, center, radius, ball_center=center, ball_eps=eps)
+    lam = sum(s @ c for s, c in pairs)
+    low, _ = backsub._input_lower(ball, pairs)
+    box = (lam @ center[:, :, None] - lam.abs() @ radius[:, :, None]).squeeze(-1)
+    l2 = (lam @ center[:, :, None]).squeeze(-1) - eps[:, None] * lam.norm(dim=-1)
+    torch.testing.assert_close(low, torch.maximum(box, l2))
+
+
+def test_out_of_reach_regions_stop_early(monkeypatch):
+    """With ``reach_window``, a region whose worst margin cannot reach zero at its pace stops before
+    ``patience`` would stop it; certified regions and the returned bounds' soundness are unaffected
+    (every iterate is sound): the result is never below the first pass."""
+    from rnnguard.certify import margin_specification
+
+    case = next(c for c in SLOPE_CASES if c.kind == "lstm")
+    data = case_data(case)
+    regions = Perturbation(LpBall(2.0), FRAME_CHOICES["all"]).regions(data.x, data.lengths)  # hopeless
+    labels = data.labels[regions.sample_index]
+    plain = case_bounds(case, "all", 2.0, "backsub")
+    steps = {}
+    for window in (0, 5):
+        opts = backsub.OptimiseOptions(steps=80, patience=10, mode="slopes", slope_lr=0.02, lr_decay=0.95,
+                                       reach_window=window)
+        monkeypatch.setitem(domains_module._OPTIMISE_MODES, "slopes", lambda opts=opts: opts)
+        calls = []
+        original = backsub._free_slopes
+
+        def counting(*args, **kwargs):
+            params, bound = original(*args, **kwargs)
+            return params, lambda *a: (calls.append(1), bound(*a))[1]
+
+        monkeypatch.setattr(backsub, "_free_slopes", counting)
+        with torch.no_grad():  # without the attack first, which would skip these regions
+            margins = domains_module._margins_of(data.program, domains_module.DOMAINS["backsub-slopes"].start, regions,
+                                                 *margin_specification(data.program, labels))
+        monkeypatch.setattr(backsub, "_free_slopes", original)
+        assert (margins >= plain - TOL).all()
+        steps[window] = len(calls)
+    assert steps[5] < steps[0]

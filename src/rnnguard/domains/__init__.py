@@ -86,13 +86,13 @@ def _start_interzono(regions: Regions) -> tuple[list[AbstractValue], Callable[[T
 # free slopes: a smaller, decaying rate and more patience than the candidate weights need (tuned on
 # the R2-recipe 04F_032H_1L model's open images at eps 0.01: margins keep rising for ~60 steps)
 _OPTIMISE_MODES = {
-    "slopes": lambda: OptimiseOptions(steps=60, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95),
+    "slopes": lambda: OptimiseOptions(steps=60, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95, reach_window=10),
     # every operand box tightened by 40 free-slope steps (tuned like the above), then 100 margin steps
     "alpha": lambda: OptimiseOptions(steps=100, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95,
-                                     intermediate_steps=40),
+                                     intermediate_steps=40, reach_window=10),
     # the same with one slope set per operand box (shared by its lower and upper bounds)
     "alpha-shared": lambda: OptimiseOptions(steps=100, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95,
-                                            intermediate_steps=40, intermediate_shared=True),
+                                            intermediate_steps=40, intermediate_shared=True, reach_window=10),
 }
 
 
