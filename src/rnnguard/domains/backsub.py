@@ -500,10 +500,10 @@ def _input_lower(node: InputNode, pairs: list[tuple[Tensor, Tensor | None]]) -> 
     slack scales with.  Boxes are concretised by :class:`_BoxLower`, l_2 balls by autograd."""
     direct = [s for s, c in pairs if c is None]
     products = [t for s, c in pairs if c is not None for t in (s, c)]
-    extent = (node.center.abs() + node.radius)[:, None, :]
     if node.ball_eps is None:
         low, magnitude = _BoxLower.apply(node.center, node.radius, len(direct), *direct, *products)
         return low, magnitude
+    extent = (node.center.abs() + node.radius)[:, None, :]
     lam = _summed(direct, products)
     low = torch.linalg.vecdot(lam, node.center[:, None, :]) - torch.linalg.vecdot(lam.abs(), node.radius[:, None, :])
     ball = torch.linalg.vecdot(lam, node.ball_center[:, None, :]) - node.ball_eps[:, None] * lam.norm(dim=-1)
