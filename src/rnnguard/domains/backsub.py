@@ -513,8 +513,17 @@ def _input_lower(node: InputNode, pairs: list[tuple[Tensor, Tensor | None]]) -> 
 
 
 def _summed(direct: Sequence[Tensor], products: Sequence[Tensor]) -> Tensor:
-    """``sum(direct) + sum_i s_i @ c_i`` (``products = (s_0, c_0, s_1, c_1, ...)``), in that order."""
-    return functools.reduce(torch.add, [*direct, *(s @ c for s, c in zip(products[0::2], products[1::2]))])
+    """``sum(direct) + sum_i s_i @ c_i`` (``products = (s_0, c_0, s_1, c_1, ...)``), the products
+    as ONE matrix product of the concatenated factors (fewer passes than a sum of products).  A
+    row whose ``s_i`` are zero for some ``i`` (a value tightened jointly with others) gets the
+    bits it gets without them: the product accumulates over the inner dimension in order, and
+    adding an exact zero changes nothing (the joint-tightening test checks it)."""
+    ss, cs = products[0::2], products[1::2]
+    if len(ss) > 1:
+        if any(c.dim() == 3 for c in cs):
+            cs = [c if c.dim() == 3 else c.expand(ss[0].shape[0], *c.shape) for c in cs]
+        ss, cs = [torch.cat(ss, dim=-1)], [torch.cat(cs, dim=-2)]
+    return functools.reduce(torch.add, [*direct, *(s @ c for s, c in zip(ss, cs))])
 
 
 class _BoxLower(torch.autograd.Function):
@@ -563,9 +572,15 @@ class _BoxLower(torch.autograd.Function):
         # d low / d lam: the subgradient center - sign(lam) radius per row
         full = g * (center[:, None, :] - torch.copysign(radius[:, None, :].expand_as(lam), lam))
         grads: list[Tensor | None] = [full if n else None for n in need[:ctx.n_direct]]
-        for j, (s, c) in enumerate(zip(products[0::2], products[1::2])):
+        ss, cs = products[0::2], products[1::2]
+        grad_ss: Sequence[Tensor | None] = [None] * len(ss)
+        if any(need[ctx.n_direct::2]):  # every s_i's gradient from one product with the stacked c_i
+            stacked = cs if len(cs) == 1 or all(c.dim() == 2 for c in cs) else \
+                [c if c.dim() == 3 else c.expand(lam.shape[0], *c.shape) for c in cs]
+            grad_ss = (full @ torch.cat(stacked, dim=-2).transpose(-1, -2)).split([s.shape[-1] for s in ss], dim=-1)
+        for j, (s, c) in enumerate(zip(ss, cs)):
             need_s, need_c = need[ctx.n_direct + 2 * j], need[ctx.n_direct + 2 * j + 1]
-            grads.append(full @ c.transpose(-1, -2) if need_s else None)
+            grads.append(grad_ss[j] if need_s else None)
             gc = (s.transpose(-1, -2) @ full) if need_c else None
             grads.append(gc.sum(0) if gc is not None and c.dim() == 2 else gc)
         grad_center = (g * lam).sum(1) if need_center else None
