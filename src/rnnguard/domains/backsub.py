@@ -504,7 +504,7 @@ def _input_lower(node: InputNode, pairs: list[tuple[Tensor, Tensor | None]]) -> 
         low, magnitude = _BoxLower.apply(node.center, node.radius, len(direct), *direct, *products)
         return low, magnitude
     extent = (node.center.abs() + node.radius)[:, None, :]
-    lam = _summed(direct, products)
+    lam = _summed(direct, products[0::2], _stacked(products[1::2], node.center.shape[0]) if products else None)
     low = torch.linalg.vecdot(lam, node.center[:, None, :]) - torch.linalg.vecdot(lam.abs(), node.radius[:, None, :])
     ball = torch.linalg.vecdot(lam, node.ball_center[:, None, :]) - node.ball_eps[:, None] * lam.norm(dim=-1)
     with torch.no_grad():
@@ -512,18 +512,25 @@ def _input_lower(node: InputNode, pairs: list[tuple[Tensor, Tensor | None]]) -> 
     return torch.maximum(low, ball), magnitude
 
 
-def _summed(direct: Sequence[Tensor], products: Sequence[Tensor]) -> Tensor:
-    """``sum(direct) + sum_i s_i @ c_i`` (``products = (s_0, c_0, s_1, c_1, ...)``), the products
-    as ONE matrix product of the concatenated factors (fewer passes than a sum of products).  A
-    row whose ``s_i`` are zero for some ``i`` (a value tightened jointly with others) gets the
-    bits it gets without them: the product accumulates over the inner dimension in order, and
-    adding an exact zero changes nothing (the joint-tightening test checks it)."""
-    ss, cs = products[0::2], products[1::2]
-    if len(ss) > 1:
-        if any(c.dim() == 3 for c in cs):
-            cs = [c if c.dim() == 3 else c.expand(ss[0].shape[0], *c.shape) for c in cs]
-        ss, cs = [torch.cat(ss, dim=-1)], [torch.cat(cs, dim=-2)]
-    return functools.reduce(torch.add, [*direct, *(s @ c for s, c in zip(ss, cs))])
+def _stacked(cs: Sequence[Tensor], batch: int) -> Tensor:
+    """The factors ``c_i (m_i, d)`` or ``(R, m_i, d)`` stacked along ``m`` (3-D if any is)."""
+    if len(cs) == 1:
+        return cs[0]
+    if any(c.dim() == 3 for c in cs):
+        cs = [c if c.dim() == 3 else c.expand(batch, *c.shape) for c in cs]
+    return torch.cat(list(cs), dim=-2)
+
+
+def _summed(direct: Sequence[Tensor], ss: Sequence[Tensor], stacked: Tensor | None) -> Tensor:
+    """``sum(direct) + cat(s_i) @ stacked``: the products ``s_i @ c_i`` as ONE matrix product
+    (fewer passes than a sum of products).  A row whose ``s_i`` are zero for some ``i`` (a value
+    tightened jointly with others) gets the bits it gets without them: the product accumulates
+    over the inner dimension in order, and adding an exact zero changes nothing (the
+    joint-tightening test checks it)."""
+    terms = list(direct)
+    if ss:
+        terms.append((torch.cat(list(ss), dim=-1) if len(ss) > 1 else ss[0]) @ stacked)
+    return functools.reduce(torch.add, terms)
 
 
 class _BoxLower(torch.autograd.Function):
@@ -541,32 +548,33 @@ class _BoxLower(torch.autograd.Function):
     @staticmethod
     def forward(ctx, center: Tensor, radius: Tensor, n_direct: int, *tensors: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         direct, products = tensors[:n_direct], tensors[n_direct:]
+        ss, stacked = products[0::2], _stacked(products[1::2], center.shape[0]) if products else None
         mid, spread, extent = center[:, None, :], radius[:, None, :], (center.abs() + radius)[:, None, :]
         if not any(ctx.needs_input_grad):
-            first = (direct or products)[0]
+            first = (direct or ss)[0]
             rows = max(1, _BLOCK_ELEMENTS // max(1, first.shape[0] * center.shape[-1]))
             lows, mags = [], []
             for i in range(0, first.shape[1], rows):
                 part = slice(i, i + rows)
-                lam = _summed([t[:, part] for t in direct],
-                              [t[:, part] if j % 2 == 0 else t for j, t in enumerate(products)])
+                lam = _summed([t[:, part] for t in direct], [t[:, part] for t in ss], stacked)
                 centre = torch.linalg.vecdot(lam, mid)
                 # in place only on a tensor made here (a lone direct term is the caller's)
                 lam = lam.abs_() if len(direct) + len(products) > 1 or not direct else lam.abs()
                 lows.append(centre - torch.linalg.vecdot(lam, spread))
                 mags.append(torch.linalg.vecdot(lam, extent))
             return torch.cat(lows, dim=1), torch.cat(mags, dim=1)
-        lam = _summed(direct, products)
+        lam = _summed(direct, ss, stacked)
         mag = lam.abs()
         low = torch.linalg.vecdot(lam, mid) - torch.linalg.vecdot(mag, spread)
-        ctx.n_direct = n_direct
-        ctx.save_for_backward(center, radius, lam, *products)
+        ctx.n_direct, ctx.has_stacked = n_direct, stacked is not None
+        ctx.save_for_backward(center, radius, lam, *products, *([stacked] if stacked is not None else []))
         ctx.mark_non_differentiable(mag)
         return low, torch.linalg.vecdot(mag, extent)
 
     @staticmethod
     def backward(ctx, grad: Tensor, _: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         center, radius, lam, *products = ctx.saved_tensors
+        stacked = products.pop() if ctx.has_stacked else None
         need_center, need_radius, _, *need = ctx.needs_input_grad
         g = grad[:, :, None]
         # d low / d lam: the subgradient center - sign(lam) radius per row
@@ -574,10 +582,8 @@ class _BoxLower(torch.autograd.Function):
         grads: list[Tensor | None] = [full if n else None for n in need[:ctx.n_direct]]
         ss, cs = products[0::2], products[1::2]
         grad_ss: Sequence[Tensor | None] = [None] * len(ss)
-        if any(need[ctx.n_direct::2]):  # every s_i's gradient from one product with the stacked c_i
-            stacked = cs if len(cs) == 1 or all(c.dim() == 2 for c in cs) else \
-                [c if c.dim() == 3 else c.expand(lam.shape[0], *c.shape) for c in cs]
-            grad_ss = (full @ torch.cat(stacked, dim=-2).transpose(-1, -2)).split([s.shape[-1] for s in ss], dim=-1)
+        if stacked is not None and any(need[ctx.n_direct::2]):  # every s_i's gradient from one product
+            grad_ss = (full @ stacked.transpose(-1, -2)).split([s.shape[-1] for s in ss], dim=-1)
         for j, (s, c) in enumerate(zip(ss, cs)):
             need_s, need_c = need[ctx.n_direct + 2 * j], need[ctx.n_direct + 2 * j + 1]
             grads.append(grad_ss[j] if need_s else None)
