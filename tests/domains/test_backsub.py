@@ -93,9 +93,9 @@ ALPHA_CASES = [c for c in CASES if c.seed == 0 and c.num_layers == 1]
 def light_alpha(monkeypatch):
     """backsub-alpha with few steps: soundness holds for any number of steps, and the default
     settings (40 steps per operand box) cost minutes on these models."""
-    for mode, shared in (("alpha", False), ("alpha-shared", True)):
-        monkeypatch.setitem(domains_module._OPTIMISE_MODES, mode, lambda shared=shared: backsub.OptimiseOptions(
-            steps=10, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95, intermediate_steps=4,
+    for mode, shared, steps in (("alpha", False, 4), ("alpha-shared", True, 4), ("alpha-shared-deep", True, 8)):
+        monkeypatch.setitem(domains_module._OPTIMISE_MODES, mode, lambda shared=shared, steps=steps: backsub.OptimiseOptions(
+            steps=10, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95, intermediate_steps=steps,
             intermediate_shared=shared))
 
 
@@ -108,6 +108,14 @@ def test_optimised_intermediate_boxes_sound_and_never_looser(case, frames, eps, 
     bound or shared by a box's bounds) holds for sampled and attacked points and is never below
     backsub-slopes."""
     _check_sound_and_above(case, frames, eps, norm, domain, "backsub-slopes", seeds=(29, 7))
+
+
+@pytest.mark.usefixtures("light_alpha")
+@pytest.mark.parametrize("case", ALPHA_CASES, ids=lambda c: c.id)
+def test_deeper_second_pass_sound_and_never_looser(case):
+    """backsub-alpha-deep (backsub-alpha-shared, then twice the intermediate steps on what it leaves
+    open) holds for sampled and attacked points and is never below backsub-alpha-shared."""
+    _check_sound_and_above(case, "all", 0.3, "linf", "backsub-alpha-deep", "backsub-alpha-shared", seeds=(37, 11))
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per-bound", "shared"])

@@ -93,6 +93,10 @@ _OPTIMISE_MODES = {
     # the same with one slope set per operand box (shared by its lower and upper bounds)
     "alpha-shared": lambda: OptimiseOptions(steps=100, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95,
                                             intermediate_steps=40, intermediate_shared=True, reach_window=10),
+    # twice the tightening steps: at a given rate schedule, the boxes keep tightening with the number
+    # of steps (not with the distance the slopes may move: larger rates are worse), docs/domains.md
+    "alpha-shared-deep": lambda: OptimiseOptions(steps=100, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95,
+                                                 intermediate_steps=80, intermediate_shared=True, reach_window=10),
 }
 
 
@@ -139,15 +143,18 @@ def _attack_first(start: Start) -> Callable[..., Tensor]:
     return margins
 
 
-def _alpha_margins(mode: str) -> Callable[..., Tensor]:
+def _alpha_margins(*modes: str) -> Callable[..., Tensor]:
     """``backsub-slopes`` on every region, then, on the regions it leaves open in which a quick
     attack finds no counterexample, the propagation whose intermediate boxes are optimised too
-    (``mode``: ``alpha`` or ``alpha-shared``); the max of the two (both sound) per margin."""
+    (``modes``: ``alpha``, ``alpha-shared``, ``alpha-shared-deep``), one mode after the other on
+    the regions the previous ones leave open; the max of all (each sound) per margin."""
     def margins_fn(program, regions: Regions, weight: Tensor, bias: Tensor) -> Tensor:
         broken = _falsified(program, regions, weight, bias)
         margins = _margins_of(program, DOMAINS["backsub-slopes"].start, regions, weight, bias, skip=broken)
-        rows = (~(margins > 0).all(dim=1) & ~broken).nonzero(as_tuple=True)[0]
-        if rows.numel():
+        for mode in modes:
+            rows = (~(margins > 0).all(dim=1) & ~broken).nonzero(as_tuple=True)[0]
+            if not rows.numel():
+                break
             tight = _margins_of(program, _backsub_start("deepcert", mode), regions.select(rows), weight[rows], bias[rows])
             margins[rows] = torch.maximum(margins[rows], tight)
         return margins
@@ -192,6 +199,10 @@ DOMAINS["backsub-alpha-shared"] = Domain(
     "backsub-alpha-shared", DOMAINS["backsub-slopes"].start,
     "backsub-alpha with one slope set per intermediate box (shared by its bounds): cheaper, a little looser",
     margins=_alpha_margins("alpha-shared"))
+DOMAINS["backsub-alpha-deep"] = Domain(
+    "backsub-alpha-deep", DOMAINS["backsub-slopes"].start,
+    "backsub-alpha-shared, then on the regions it leaves open again with twice the intermediate steps",
+    margins=_alpha_margins("alpha-shared", "alpha-shared-deep"))
 DOMAINS["hybrid"] = Domain("hybrid", _meet_start(_start_interzono, DOMAINS["backsub"].start),
                            "InterZono ∩ back-substitution, neuron by neuron", ("interzono", "backsub"))
 DOMAINS["hybrid-opt"] = Domain("hybrid-opt", _meet_start(_start_interzono, DOMAINS["backsub-opt"].start),
