@@ -93,9 +93,9 @@ ALPHA_CASES = [c for c in CASES if c.seed == 0 and c.num_layers == 1]
 def light_alpha(monkeypatch):
     """backsub-alpha with few steps: soundness holds for any number of steps, and the default
     settings (40 steps per operand box) cost minutes on these models."""
-    for mode, shared, steps in (("alpha", False, 4), ("alpha-shared", True, 4), ("alpha-shared-deep", True, 8)):
-        monkeypatch.setitem(domains_module._OPTIMISE_MODES, mode, lambda shared=shared, steps=steps: backsub.OptimiseOptions(
-            steps=10, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95, intermediate_steps=steps,
+    for mode, shared in (("alpha", False), ("alpha-shared", True)):
+        monkeypatch.setitem(domains_module._OPTIMISE_MODES, mode, lambda shared=shared: backsub.OptimiseOptions(
+            steps=10, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95, intermediate_steps=4,
             intermediate_shared=shared))
 
 
@@ -113,8 +113,8 @@ def test_optimised_intermediate_boxes_sound_and_never_looser(case, frames, eps, 
 @pytest.mark.usefixtures("light_alpha")
 @pytest.mark.parametrize("case", ALPHA_CASES, ids=lambda c: c.id)
 def test_deeper_second_pass_sound_and_never_looser(case):
-    """backsub-alpha-deep (backsub-alpha-shared, then twice the intermediate steps on what it leaves
-    open) holds for sampled and attacked points and is never below backsub-alpha-shared."""
+    """backsub-alpha-deep (backsub-alpha-shared, then its intermediate tightenings continued on what
+    it leaves open) holds for sampled and attacked points and is never below backsub-alpha-shared."""
     _check_sound_and_above(case, "all", 0.3, "linf", "backsub-alpha-deep", "backsub-alpha-shared", seeds=(37, 11))
 
 
@@ -146,6 +146,78 @@ def test_optimised_intermediate_boxes_are_sound_and_tighter(shared):
     widths = torch.cat([(hi - lo).flatten() for node in boxes[0] for lo, hi in node])
     tight = torch.cat([(hi - lo).flatten() for node in boxes[4] for lo, hi in node])
     assert float(tight.sum()) < float(widths.sum()) and bool((tight < widths - 1e-6).any())
+
+
+def test_deep_passes_resume_and_stop_out_of_reach_regions(monkeypatch):
+    """backsub-alpha-deep's passes: each goes to the regions still open (and unbroken), resumes the
+    previous pass's tightenings at those regions' positions in it, keeps the max margins, and from
+    the third pass on drops a region whose last gain, twice over, cannot close its margin."""
+    class Rows:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def select(self, rows):
+            return Rows(self.rows[rows])
+
+    results = iter([torch.tensor(v, dtype=torch.float64) for v in (
+        [[1.0], [-1.0], [-1.0], [-1.0], [-1.0]],  # backsub-slopes, all regions
+        [[-0.5], [-0.9], [-0.2], [-3.0]],  # pass 1 on regions 1-4 (4 keeps -1)
+        [[-0.1], [-0.85], [-0.1], [-2.0]],  # pass 2: gains 0.4, 0.05, 0.1, 0
+        [[0.2], [-0.05]])])  # pass 3 on 1 and 3 only: 2 and 4 are out of reach
+    calls = []
+
+    def fake_margins(program, start, regions, weight, bias, **kwargs):
+        calls.append((regions.rows.tolist(), kwargs))
+        return next(results)
+
+    monkeypatch.setattr(domains_module, "_margins_of", fake_margins)
+    monkeypatch.setattr(domains_module, "_falsified", lambda *a: torch.zeros(5, dtype=torch.bool))
+    margins = domains_module.DOMAINS["backsub-alpha-deep"].margins(None, Rows(torch.arange(5)), torch.zeros(5, 1, 2),
+                                                                   torch.zeros(5, 1))
+    assert [c[0] for c in calls] == [[0, 1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4], [1, 3]]
+    assert calls[1][1]["resume"] is None and calls[1][1]["record"] is not None
+    assert calls[2][1]["resume"][0] is calls[1][1]["record"] and calls[2][1]["resume"][1].tolist() == [0, 1, 2, 3]
+    assert calls[3][1]["resume"][0] is calls[2][1]["record"] and calls[3][1]["resume"][1].tolist() == [0, 2]
+    assert margins[:, 0].tolist() == [1.0, 0.2, -0.85, -0.05, -1.0]
+
+
+def test_resumed_tightening_is_sound_and_at_least_as_tight():
+    """A propagation that continues an earlier one's intermediate tightenings (``Graph.resume``) on
+    a subset of its regions gives operand boxes that contain every sampled operand value and lie
+    inside the earlier propagation's boxes of the same regions; a mismatched record is refused."""
+    case = next(c for c in ALPHA_CASES if c.kind == "lstm")
+    data = case_data(case)
+    pert = Perturbation(LpBall(0.3), FRAME_CHOICES["all"])
+    regions = pert.regions(data.x, data.lengths)
+
+    def propagate(regs, **kwargs):
+        graph = backsub.Graph("deepcert", backsub.OptimiseOptions(mode="slopes", intermediate_steps=4,
+                                                                  intermediate_shared=True), **kwargs)
+        frames = backsub.input_expressions(graph, regs.lower, regs.upper, regs.masks)
+        unroll(data.program, frames, regs.lengths, lambda x: backsub.LinExpr.constant(graph, x))
+        return graph
+
+    record: dict = {}
+    first = propagate(regions, record=record)
+    assert len(record) == first.tightenings > 0
+    subset = torch.arange(0, regions.lower.shape[0], 2)
+    part = regions.select(subset)
+    second = propagate(part, resume=(record, subset))
+    points = sample_points(pert, data.x, data.lengths, part, n_ball=0, n_box=96, n_corner=96,  # the subset's boxes
+                           generator=torch.Generator().manual_seed(43))
+    narrower = False
+    for a, b in zip((n for n in first.nodes if isinstance(n, backsub.OpNode)),
+                    (n for n in second.nodes if isinstance(n, backsub.OpNode))):
+        for (lo_a, hi_a), (lo_b, hi_b), operand in zip(a.operand_bounds, b.operand_bounds, b.operands):
+            values = _operand_values(second, operand, data.program, points, part)
+            assert (values >= lo_b - TOL).all() and (values <= hi_b + TOL).all()
+            assert (lo_b >= lo_a[subset] - TOL).all() and (hi_b <= hi_a[subset] + TOL).all()
+            narrower |= bool((hi_b - lo_b < hi_a[subset] - lo_a[subset] - 1e-9).any())
+    assert narrower
+    bad = {k: backsub._TighteningState([p[..., :1] for p in st.params], st.moments, st.t, st.lr, st.best)
+           for k, st in record.items()}
+    with pytest.raises(ValueError, match="does not match"):
+        propagate(part, resume=(bad, subset))
 
 
 def test_grouped_offsets_equal_per_node_offsets(monkeypatch):

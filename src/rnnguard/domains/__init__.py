@@ -93,20 +93,18 @@ _OPTIMISE_MODES = {
     # the same with one slope set per operand box (shared by its lower and upper bounds)
     "alpha-shared": lambda: OptimiseOptions(steps=100, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95,
                                             intermediate_steps=40, intermediate_shared=True, reach_window=10),
-    # twice the tightening steps: at a given rate schedule, the boxes keep tightening with the number
-    # of steps (not with the distance the slopes may move: larger rates are worse), docs/domains.md
-    "alpha-shared-deep": lambda: OptimiseOptions(steps=100, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95,
-                                                 intermediate_steps=80, intermediate_shared=True, reach_window=10),
 }
 
 
 def _backsub_start(method: str, optimise: bool | str, lp_candidates: bool = False) -> Start:
     """``optimise``: False, True (R2-OPT candidate combinations) or an :class:`OptimiseOptions` mode.
 
-    The start also takes ``skip``, a mask of regions the optimiser leaves alone (see ``Graph.skip``)."""
-    def start(regions: Regions, skip: Tensor | None = None) -> tuple[list[AbstractValue], Callable[[Tensor], AbstractValue]]:
+    The start also takes ``skip``, a mask of regions the optimiser leaves alone (see ``Graph.skip``),
+    and ``record`` / ``resume`` for the intermediate tightenings (see ``Graph.record``)."""
+    def start(regions: Regions, skip: Tensor | None = None, record: dict | None = None,
+              resume: tuple[dict, Tensor] | None = None) -> tuple[list[AbstractValue], Callable[[Tensor], AbstractValue]]:
         opts = None if optimise is False else OptimiseOptions() if optimise is True else _OPTIMISE_MODES[optimise]()
-        graph = Graph(method, opts, lp_candidates=lp_candidates, skip=skip)
+        graph = Graph(method, opts, lp_candidates=lp_candidates, skip=skip, record=record, resume=resume)
         frames = input_expressions(graph, regions.lower, regions.upper, regions.masks, regions.ball_center,
                                    regions.ball_eps)
         return frames, lambda x: LinExpr.constant(graph, x)
@@ -143,20 +141,37 @@ def _attack_first(start: Start) -> Callable[..., Tensor]:
     return margins
 
 
-def _alpha_margins(*modes: str) -> Callable[..., Tensor]:
+def _alpha_margins(mode: str, passes: int = 1, reach_factor: float = 2.0) -> Callable[..., Tensor]:
     """``backsub-slopes`` on every region, then, on the regions it leaves open in which a quick
     attack finds no counterexample, the propagation whose intermediate boxes are optimised too
-    (``modes``: ``alpha``, ``alpha-shared``, ``alpha-shared-deep``), one mode after the other on
-    the regions the previous ones leave open; the max of all (each sound) per margin."""
+    (``mode``: ``alpha`` or ``alpha-shared``); the max of the two (both sound) per margin.
+
+    ``passes > 1``: the regions still open after a pass are propagated again, every intermediate
+    tightening continuing from where the previous pass's stopped (``Graph.resume``), so that each
+    pass adds ``intermediate_steps`` steps per box (and a fresh margin optimisation).  From the
+    third pass on, a region goes on only if its last pass's gain in worst margin, ``reach_factor``
+    times over, for each pass left, would close it (the passes' out-of-reach stop)."""
     def margins_fn(program, regions: Regions, weight: Tensor, bias: Tensor) -> Tensor:
         broken = _falsified(program, regions, weight, bias)
         margins = _margins_of(program, DOMAINS["backsub-slopes"].start, regions, weight, bias, skip=broken)
-        for mode in modes:
-            rows = (~(margins > 0).all(dim=1) & ~broken).nonzero(as_tuple=True)[0]
+        previous: tuple[dict, Tensor] | None = None  # the last pass's tightenings and its regions
+        gain = torch.full_like(margins[:, 0], float("inf"))
+        for p in range(passes):
+            todo = ~(margins > 0).all(dim=1) & ~broken
+            if p >= 2:
+                todo &= margins.amin(dim=1) + reach_factor * gain * (passes - p) > 0
+            rows = todo.nonzero(as_tuple=True)[0]
             if not rows.numel():
                 break
-            tight = _margins_of(program, _backsub_start("deepcert", mode), regions.select(rows), weight[rows], bias[rows])
+            record: dict = {}
+            resume = None if previous is None else (previous[0], torch.searchsorted(previous[1], rows))
+            tight = _margins_of(program, _backsub_start("deepcert", mode), regions.select(rows), weight[rows], bias[rows],
+                                record=record if passes > 1 else None, resume=resume)
+            before = margins[rows].amin(dim=1)
             margins[rows] = torch.maximum(margins[rows], tight)
+            gain = torch.zeros_like(gain)
+            gain[rows] = margins[rows].amin(dim=1) - before
+            previous = (record, rows)
         return margins
 
     return margins_fn
@@ -201,8 +216,8 @@ DOMAINS["backsub-alpha-shared"] = Domain(
     margins=_alpha_margins("alpha-shared"))
 DOMAINS["backsub-alpha-deep"] = Domain(
     "backsub-alpha-deep", DOMAINS["backsub-slopes"].start,
-    "backsub-alpha-shared, then on the regions it leaves open again with twice the intermediate steps",
-    margins=_alpha_margins("alpha-shared", "alpha-shared-deep"))
+    "backsub-alpha-shared, then on the regions it leaves open up to twice 40 more steps per intermediate box",
+    margins=_alpha_margins("alpha-shared", passes=3))
 DOMAINS["hybrid"] = Domain("hybrid", _meet_start(_start_interzono, DOMAINS["backsub"].start),
                            "InterZono ∩ back-substitution, neuron by neuron", ("interzono", "backsub"))
 DOMAINS["hybrid-opt"] = Domain("hybrid-opt", _meet_start(_start_interzono, DOMAINS["backsub-opt"].start),

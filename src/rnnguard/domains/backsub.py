@@ -120,6 +120,12 @@ class Graph:
     # regions known to contain a counterexample (``rnnguard.attacks.falsify_regions``): no bound can
     # certify them, so the optimised modes leave them at their first-pass bounds
     skip: Tensor | None = None
+    # intermediate tightenings: ``record`` receives each one's final optimiser state (by call order);
+    # ``resume = (states, regions)`` continues a previous propagation's tightenings, whose regions
+    # ``regions`` (indices) are this graph's, from those states (see :func:`_tighten_values`)
+    record: dict[int, "_TighteningState"] | None = None
+    resume: tuple[dict[int, "_TighteningState"], Tensor] | None = None
+    tightenings: int = 0
 
     def add(self, node_type: type, **kwargs) -> "InputNode | OpNode":
         node = node_type(id=len(self.nodes), **kwargs)
@@ -339,9 +345,28 @@ def _tighten_jointly(graph: Graph, values: Sequence[LinExpr]) -> None:
         object.__setattr__(v, "_tightened", (-hi, -lo))
 
 
+@dataclass
+class _TighteningState:
+    """Where one intermediate tightening stopped: its slopes, Adam's moments, step count and rate,
+    and its best bounds (rows ``[lo; -hi]``), all per region."""
+
+    params: list[Tensor]
+    moments: tuple[list[Tensor], list[Tensor]]
+    t: int
+    lr: float
+    best: Tensor
+
+
 def _tighten_values(graph: Graph, todo: list[LinExpr]) -> None:
-    """The joint optimisation of :func:`_tighten_jointly`: rows ``[c; -c]`` of every value stacked."""
+    """The joint optimisation of :func:`_tighten_jointly`: rows ``[c; -c]`` of every value stacked.
+
+    With ``graph.resume``, it continues the same tightening of an earlier propagation of the
+    same program (the same graph, node by node) from where that one stopped: its slopes and Adam
+    state, and its best bounds, which are sound boxes of the same values.  The earlier nodes'
+    planes now hold on boxes at least as tight, so the continued bounds are sound as well: this is
+    ``intermediate_steps`` more steps without redoing the first ones."""
     opts = graph.optimise
+    index, graph.tightenings = graph.tightenings, graph.tightenings + 1
     R = todo[0].const.shape[0]
     widths = [v.const.shape[-1] for v in todo]
     keys = sorted({k for v in todo for k in v.terms})
@@ -367,12 +392,26 @@ def _tighten_values(graph: Graph, todo: list[LinExpr]) -> None:
     else:
         params, bound_of = _free_slopes(graph, const.shape[-1])
     optimiser = _Adam(params, opts.slope_lr)
+    if graph.resume is not None and index in graph.resume[0]:
+        state, regions = graph.resume[0][index], graph.resume[1]
+        if [p.shape[1:] for p in params] != [q.shape[1:] for q in state.params]:
+            raise ValueError("resume: the tightening does not match the recorded one (another program?)")
+        with torch.no_grad():
+            for p, q in zip(params, state.params):
+                p.copy_(q[regions])
+        optimiser.m = [m[regions] for m in state.moments[0]]
+        optimiser.v = [v[regions] for v in state.moments[1]]
+        optimiser.t, optimiser.lr = state.t, state.lr
+        best = torch.maximum(best, state.best[regions])
     with torch.enable_grad():
         for _ in range(opts.intermediate_steps):
             bound = bound_of(terms, const)
             best = torch.maximum(best, bound.detach())
             optimiser.step(torch.autograd.grad(-bound.sum(), params, allow_unused=True))
             optimiser.lr *= opts.lr_decay
+    if graph.record is not None:
+        graph.record[index] = _TighteningState([p.detach() for p in params], (optimiser.m, optimiser.v),
+                                               optimiser.t, optimiser.lr, best)
     for v, part in zip(todo, best.split([2 * m for m in widths], dim=-1)):
         m = part.shape[-1] // 2
         lo, hi = part[:, :m], -part[:, m:]
