@@ -178,6 +178,7 @@ def test_deep_passes_resume_and_stop_out_of_reach_regions(monkeypatch):
     assert calls[1][1]["resume"] is None and calls[1][1]["record"] is not None
     assert calls[2][1]["resume"][0] is calls[1][1]["record"] and calls[2][1]["resume"][1].tolist() == [0, 1, 2, 3]
     assert calls[3][1]["resume"][0] is calls[2][1]["record"] and calls[3][1]["resume"][1].tolist() == [0, 2]
+    assert calls[3][1]["record"] is None  # no pass follows the last one
     assert margins[:, 0].tolist() == [1.0, 0.2, -0.85, -0.05, -1.0]
 
 

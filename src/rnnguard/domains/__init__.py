@@ -155,7 +155,7 @@ def _alpha_margins(mode: str, passes: int = 1, reach_factor: float = 2.0) -> Cal
         broken = _falsified(program, regions, weight, bias)
         margins = _margins_of(program, DOMAINS["backsub-slopes"].start, regions, weight, bias, skip=broken)
         previous: tuple[dict, Tensor] | None = None  # the last pass's tightenings and its regions
-        gain = torch.full_like(margins[:, 0], float("inf"))
+        gain = torch.zeros_like(margins[:, 0])  # each region's gain in worst margin in the last pass
         for p in range(passes):
             todo = ~(margins > 0).all(dim=1) & ~broken
             if p >= 2:
@@ -163,13 +163,13 @@ def _alpha_margins(mode: str, passes: int = 1, reach_factor: float = 2.0) -> Cal
             rows = todo.nonzero(as_tuple=True)[0]
             if not rows.numel():
                 break
-            record: dict = {}
+            record: dict | None = {} if p < passes - 1 else None  # only a pass that may follow needs it
             resume = None if previous is None else (previous[0], torch.searchsorted(previous[1], rows))
             tight = _margins_of(program, _backsub_start("deepcert", mode), regions.select(rows), weight[rows], bias[rows],
-                                record=record if passes > 1 else None, resume=resume)
+                                record=record, resume=resume)
             before = margins[rows].amin(dim=1)
             margins[rows] = torch.maximum(margins[rows], tight)
-            gain = torch.zeros_like(gain)
+            gain.zero_()
             gain[rows] = margins[rows].amin(dim=1) - before
             previous = (record, rows)
         return margins
