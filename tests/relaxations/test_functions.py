@@ -136,3 +136,34 @@ def test_bisection_finishes_what_newton_does_not() -> None:
     for (x1, y1), (x2, y2) in zip(_sigmoid_tanh_interior(a, b, max_steps=1), _sigmoid_tanh_interior(a, b)):
         torch.testing.assert_close(x1, x2, rtol=1e-9, atol=1e-9, equal_nan=True)
         torch.testing.assert_close(y1, y2, rtol=1e-9, atol=1e-9, equal_nan=True)
+
+
+def test_roots_outside_the_box_are_dropped_and_the_others_kept() -> None:
+    """``x_range``: a root whose x lies in ``[lx, ux]`` (also exactly on an end) comes back as
+    without it; only roots outside the box come back NaN."""
+    gen = torch.Generator().manual_seed(6)
+    n = 6000
+    b = torch.rand(n, generator=gen, dtype=F64) * 0.98 + 0.01
+    a = torch.sqrt(_h(_mode(b), b)) * torch.rand(n, generator=gen, dtype=F64) * 1.1  # some without roots
+    a = a * torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(F64)
+    free = _sigmoid_tanh_interior(a, b)
+    centre = torch.randn(n, generator=gen, dtype=F64) * 3
+    width = torch.rand(n, generator=gen, dtype=F64) * 2
+    lx, ux = centre - width, centre + width
+    # a sixth of the boxes end exactly at the left root, a sixth start exactly at the right one
+    kind = torch.randint(0, 6, (n,), generator=gen)
+    (xl, _), (xr, _) = free
+    ux = torch.where((kind == 0) & torch.isfinite(xl), xl, ux)
+    lx = torch.where((kind == 0) & torch.isfinite(xl), xl - width, lx)
+    lx = torch.where((kind == 1) & torch.isfinite(xr), xr, lx)
+    ux = torch.where((kind == 1) & torch.isfinite(xr), xr + width, ux)
+    boxed = _sigmoid_tanh_interior(a, b, x_range=(lx, ux))
+    dropped = 0
+    for (xf, yf), (xb, yb) in zip(free, boxed):
+        inside = torch.isfinite(xf) & (xf >= lx) & (xf <= ux)
+        torch.testing.assert_close(xb[inside], xf[inside], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(yb[inside], yf[inside], rtol=1e-9, atol=1e-9)
+        dropped += int((torch.isnan(xb) & torch.isfinite(xf)).sum())
+        outside = torch.isfinite(xf) & ((xf < lx - 1e-3) | (xf > ux + 1e-3))
+        assert torch.isnan(xb[outside]).all()  # well outside: not solved
+    assert dropped > n // 2
