@@ -64,6 +64,7 @@ __all__ = [
     "Ensemble",
     "default_ensemble",
     "margins_from_logits",
+    "attack_margins",
     "falsify_regions",
     "LOSSES",
 ]
@@ -603,23 +604,24 @@ def default_ensemble(seed: int = 0, *, steps: int = 100, restarts: int = 5) -> E
     ], name="default_ensemble")
 
 
-def falsify_regions(program: Program, regions: Regions, weight: Tensor, bias: Tensor, *,
-                    steps: int = 20) -> tuple[Tensor, Tensor]:
-    """Which verification regions contain a point that violates their margin specification.
+def attack_margins(program: Program, regions: Regions, weight: Tensor, bias: Tensor, *,
+                   steps: int = 20) -> tuple[Tensor, Tensor]:
+    """Each verification region's lowest worst margin found by a quick attack: an UPPER bound on
+    the smallest margin over the region (negative: the region contains a counterexample).
 
     ``weight (R, k, H)`` / ``bias (R, k)`` are the margins of :func:`rnnguard.certify.margin_specification`.
     A deterministic signed-gradient descent on each region's smallest margin, from its box centre
     (so a violated centre is always found), with steps of 2.5 box radii / ``steps``, kept in the
     box and, where the region has one, in its l_2 ball.  The optimised verifiers use it to skip
     regions no sound bound can certify; it never certifies anything, so its strength only affects
-    their time.  Returns the mask ``(R,)`` and each region's lowest-margin point ``(R, T, d)``."""
+    their time.  Returns the margins ``(R,)`` and each region's lowest-margin point ``(R, T, d)``."""
     lo, hi = regions.lower, regions.upper
     R, T, _ = lo.shape
     x, step = (lo + hi) / 2, (hi - lo) * (1.25 / max(steps, 1))
     best = torch.full((R,), float("inf"), dtype=lo.dtype, device=lo.device)
     best_x = x.clone()
     if R == 0 or T == 0:
-        return best < 0, best_x
+        return best, best_x
     for i in range(steps + 1):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -637,4 +639,12 @@ def falsify_regions(program: Program, regions: Regions, weight: Tensor, bias: Te
             norm = delta.norm(dim=-1, keepdim=True)
             eps = regions.ball_eps[..., None].to(x.dtype)
             x = regions.ball_center + delta * torch.where(norm > eps, eps / norm.clamp_min(torch.finfo(x.dtype).tiny), 1.0)
-    return best < 0, best_x
+    return best, best_x
+
+
+def falsify_regions(program: Program, regions: Regions, weight: Tensor, bias: Tensor, *,
+                    steps: int = 20) -> tuple[Tensor, Tensor]:
+    """Which verification regions contain a point that violates their margin specification
+    (:func:`attack_margins` below zero): the mask ``(R,)`` and each region's lowest-margin point."""
+    margins, points = attack_margins(program, regions, weight, bias, steps=steps)
+    return margins < 0, points

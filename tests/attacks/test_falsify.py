@@ -65,3 +65,22 @@ def test_empty_batch():
     weight, bias = margin_specification(data.program, data.labels[:0])
     mask, points = falsify_regions(data.program, regions, weight, bias)
     assert mask.shape == (0,) and points.shape[0] == 0
+
+
+def test_attack_margins_are_the_margins_at_the_returned_points():
+    """``attack_margins``: each region's worst margin at its returned point (an upper bound on
+    the region's smallest margin), below zero exactly where ``falsify_regions`` flags it."""
+    from rnnguard.attacks import attack_margins
+
+    case = FALSIFY_CASES[0]
+    data = case_data(case)
+    regions = Perturbation(LpBall(0.8), FRAME_CHOICES["all"]).regions(data.x, data.lengths)
+    labels = data.labels[regions.sample_index]
+    spec = margin_specification(data.program, labels)
+    margins, points = attack_margins(data.program, regions, *spec)
+    with torch.no_grad():
+        at_points = concrete_margins(data.program, points, regions.lengths, labels).amin(dim=1)
+        centres = concrete_margins(data.program, (regions.lower + regions.upper) / 2, regions.lengths, labels)
+    torch.testing.assert_close(margins, at_points, rtol=1e-9, atol=1e-9)
+    assert (margins <= centres.amin(dim=1) + 1e-12).all()  # never above the centre's margin
+    assert torch.equal(falsify_regions(data.program, regions, *spec)[0], margins < 0)

@@ -171,7 +171,7 @@ def test_deep_passes_resume_and_stop_out_of_reach_regions(monkeypatch):
         return next(results)
 
     monkeypatch.setattr(domains_module, "_margins_of", fake_margins)
-    monkeypatch.setattr(domains_module, "_falsified", lambda *a: torch.zeros(5, dtype=torch.bool))
+    monkeypatch.setattr(domains_module, "_attacked", lambda *a: torch.full((5,), 100.0, dtype=torch.float64))
     margins = domains_module.DOMAINS["backsub-alpha-deep"].margins(None, Rows(torch.arange(5)), torch.zeros(5, 1, 2),
                                                                    torch.zeros(5, 1))
     assert [c[0] for c in calls] == [[0, 1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4], [1, 3]]
@@ -180,6 +180,36 @@ def test_deep_passes_resume_and_stop_out_of_reach_regions(monkeypatch):
     assert calls[3][1]["resume"][0] is calls[2][1]["record"] and calls[3][1]["resume"][1].tolist() == [0, 2]
     assert calls[3][1]["record"] is None  # no pass follows the last one
     assert margins[:, 0].tolist() == [1.0, 0.2, -0.85, -0.05, -1.0]
+
+
+def test_optimised_passes_skip_regions_far_below_their_attack_margin(monkeypatch):
+    """The alpha passes go only to open regions whose lower bound L and attack margin U satisfy
+    -L <= share (U - L); broken regions (U < 0) and certified ones never go; the others keep
+    their backsub-slopes margins."""
+    class Rows:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def select(self, rows):
+            return Rows(self.rows[rows])
+
+    share = domains_module._GAP_SHARE
+    lower = torch.tensor([[0.5], [-1.0], [-1.0], [-1.0], [-1.0]], dtype=torch.float64)
+    # region 1: just inside the line; 2: just past it; 3: well inside; 4: broken
+    line = (1 - share) / share  # U on the line for L = -1
+    attack = torch.tensor([3.0, line * 1.01, line * 0.99, 5.0, -0.1], dtype=torch.float64)
+    calls = []
+
+    def fake_margins(program, start, regions, weight, bias, **kwargs):
+        calls.append(regions.rows.tolist())
+        return lower.clone() if len(calls) == 1 else torch.full((len(regions.rows), 1), 0.25, dtype=torch.float64)
+
+    monkeypatch.setattr(domains_module, "_margins_of", fake_margins)
+    monkeypatch.setattr(domains_module, "_attacked", lambda *a: attack)
+    margins = domains_module.DOMAINS["backsub-alpha-shared"].margins(None, Rows(torch.arange(5)), torch.zeros(5, 1, 2),
+                                                                     torch.zeros(5, 1))
+    assert calls == [[0, 1, 2, 3, 4], [1, 3]]
+    assert margins[:, 0].tolist() == [0.5, 0.25, -1.0, 0.25, -1.0]
 
 
 def test_resumed_tightening_is_sound_and_at_least_as_tight():
