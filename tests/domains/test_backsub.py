@@ -183,9 +183,9 @@ def test_deep_passes_resume_and_stop_out_of_reach_regions(monkeypatch):
 
 
 def test_optimised_passes_skip_regions_far_below_their_attack_margin(monkeypatch):
-    """The alpha passes go only to open regions whose lower bound L and attack margin U satisfy
-    -L <= share (U - L); broken regions (U < 0) and certified ones never go; the others keep
-    their backsub-slopes margins."""
+    """backsub-alpha-shared's pass goes only to open regions whose lower bound L and attack margin U
+    satisfy -L <= share (U - L); broken regions (U < 0) and certified ones never go; the others
+    keep their backsub-slopes margins.  The thorough backsub-alpha takes every open unbroken region."""
     class Rows:
         def __init__(self, rows):
             self.rows = rows
@@ -206,10 +206,14 @@ def test_optimised_passes_skip_regions_far_below_their_attack_margin(monkeypatch
 
     monkeypatch.setattr(domains_module, "_margins_of", fake_margins)
     monkeypatch.setattr(domains_module, "_attacked", lambda *a: attack)
-    margins = domains_module.DOMAINS["backsub-alpha-shared"].margins(None, Rows(torch.arange(5)), torch.zeros(5, 1, 2),
-                                                                     torch.zeros(5, 1))
+    run = lambda name: domains_module.DOMAINS[name].margins(None, Rows(torch.arange(5)),  # noqa: E731
+                                                            torch.zeros(5, 1, 2), torch.zeros(5, 1))
+    margins = run("backsub-alpha-shared")
     assert calls == [[0, 1, 2, 3, 4], [1, 3]]
     assert margins[:, 0].tolist() == [0.5, 0.25, -1.0, 0.25, -1.0]
+    calls.clear()
+    run("backsub-alpha")
+    assert calls == [[0, 1, 2, 3, 4], [1, 2, 3]]
 
 
 def test_resumed_tightening_is_sound_and_at_least_as_tight():
