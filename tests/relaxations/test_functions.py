@@ -167,3 +167,18 @@ def test_roots_outside_the_box_are_dropped_and_the_others_kept() -> None:
         outside = torch.isfinite(xf) & ((xf < lx - 1e-3) | (xf > ux + 1e-3))
         assert torch.isnan(xb[outside]).all()  # well outside: not solved
     assert dropped > n // 2
+
+
+def test_roots_do_not_depend_on_the_other_entries() -> None:
+    """Each root is iterated until its OWN step is small and then stays put, so it is the same
+    bits whether it is solved alone or with thousands of others (some slower to converge): a
+    region's offsets, and so its certificate, do not depend on what shares its batch."""
+    gen = torch.Generator().manual_seed(7)
+    n = 3000
+    b = torch.rand(n, generator=gen, dtype=F64) * 0.98 + 0.01
+    a = torch.sqrt(_h(_mode(b), b)) * (1 - 10.0 ** -torch.randint(1, 12, (n,), generator=gen).to(F64))  # near the fold
+    together = _sigmoid_tanh_interior(a, b)
+    for i in (0, 17, 1234, n - 1):
+        alone = _sigmoid_tanh_interior(a[i:i + 1], b[i:i + 1])
+        for (x1, y1), (x2, y2) in zip(alone, together):
+            assert torch.equal(x1, x2[i:i + 1]) and torch.equal(y1, y2[i:i + 1])

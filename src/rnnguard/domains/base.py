@@ -52,11 +52,21 @@ def apply_sum(terms: Sequence[Term]) -> "AbstractValue":
     return type(terms[0][1][0]).apply_sum(terms)
 
 
+# MKL's dgemm sums in another order below 4 rows (x86, torch 2.13): see :func:`linear`
+_MIN_GEMM_ROWS = 4
+
+
 def linear(x: Tensor, weight: Tensor) -> Tensor:
     """``x @ weight.T`` over the last dim; ``weight`` is ``(m, n)`` or per-region ``(R, m, n)``.
 
-    ``x`` is ``(R, n)`` or ``(R, G, n)`` (generator blocks)."""
+    ``x`` is ``(R, n)`` or ``(R, G, n)`` (generator blocks).  Fewer than ``_MIN_GEMM_ROWS`` rows
+    are padded with zero rows: BLAS takes another kernel (another summation order) for a
+    product with very few rows, and a region's bounds must not depend on how many other regions
+    share its batch (a region certified alone gets the bits it gets in any batch)."""
     if weight.dim() == 2:
+        if x.dim() == 2 and 0 < x.shape[0] < _MIN_GEMM_ROWS:
+            pad = x.new_zeros(_MIN_GEMM_ROWS - x.shape[0], x.shape[1])
+            return (torch.cat([x, pad]) @ weight.T)[: x.shape[0]]
         return x @ weight.T
     if x.dim() == 2:
         return torch.einsum("rn,rmn->rm", x, weight)

@@ -230,8 +230,10 @@ _COMPACT_ABOVE = 4096
 def _newton_log_gap(t: Tensor, lo: Tensor, hi: Tensor, left: Tensor, b: Tensor, log_a2: Tensor, done: Tensor,
                     tol: float, max_steps: int) -> Tensor:
     """Safeguarded Newton on ``phi(t) = log h(s(t)) - log a^2`` (rising in ``t``) inside ``[lo, hi]``
-    (see :func:`_sigmoid_tanh_interior`); entries in ``done`` are not solved.  On large inputs the
-    iteration continues on the unconverged entries only (most take 3-6 steps, a few up to 14)."""
+    (see :func:`_sigmoid_tanh_interior`); entries in ``done`` are not solved.  An entry stops moving
+    once its own step is below ``tol``, so its root does not depend on the other entries (how many
+    iterations the slowest needs).  On large inputs the iteration continues on the unconverged
+    entries only (most take 3-6 steps, a few up to 14)."""
     shape = t.shape
     t, lo, hi, left, b, log_a2, done = (u.reshape(-1) for u in (t, lo, hi, left, b, log_a2, done))
     out, where = t, None  # the working entries sit at ``where`` in ``out`` (None: all of them)
@@ -247,8 +249,9 @@ def _newton_log_gap(t: Tensor, lo: Tensor, hi: Tensor, left: Tensor, b: Tensor, 
         lo, hi = torch.where(below, t, lo), torch.where(below, hi, t)
         inside = (guess >= lo) & (guess <= hi)  # NaN fails: bisect
         step = torch.where(inside, guess, (lo + hi) / 2)
-        done = done | ((step - t).abs() <= tol * torch.maximum(t.abs(), torch.ones_like(t)))
-        t = step
+        converged = (step - t).abs() <= tol * torch.maximum(t.abs(), torch.ones_like(t))
+        t = torch.where(done, t, step)  # a converged entry stays put: its root is its own, not the batch's
+        done = done | converged
         n_open = int((~done).sum())
         if n_open == 0:
             break
