@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rnnguard.domains.backsub import Graph, LinExpr, OptimiseOptions, input_expressions
+from rnnguard.domains.backsub import Graph, LinExpr, OptimiseOptions, input_expressions, within_gap_share
 from rnnguard.domains.base import AbstractValue
 from rnnguard.domains.box import Box
 from rnnguard.domains.hybrid import Meet
@@ -183,7 +183,7 @@ def _alpha_margins(mode: str, passes: int = 1, reach_factor: float = 2.0,
         gain = torch.zeros_like(margins[:, 0])  # each region's gain in worst margin in the last pass
         for p in range(passes):
             worst = margins.amin(dim=1)
-            todo = (worst <= 0) & ~broken & (-worst <= gap_share * (attack - worst))
+            todo = (worst <= 0) & ~broken & within_gap_share(worst, attack, gap_share)
             if p >= 2:
                 todo &= worst + reach_factor * gain * (passes - p) > 0
             rows = todo.nonzero(as_tuple=True)[0]
