@@ -100,14 +100,11 @@ def _backsub_start(method: str, optimise: bool | str, lp_candidates: bool = Fals
     """``optimise``: False, True (R2-OPT candidate combinations) or an :class:`OptimiseOptions` mode.
 
     The start also takes ``skip``, a mask of regions the optimiser leaves alone (see ``Graph.skip``),
-    ``gap_share`` (see ``Graph.gap_share``) and ``record`` / ``resume`` for the intermediate
-    tightenings (see ``Graph.record``)."""
+    and ``record`` / ``resume`` for the intermediate tightenings (see ``Graph.record``)."""
     def start(regions: Regions, skip: Tensor | None = None, record: dict | None = None,
-              resume: tuple[dict, Tensor] | None = None, gap_share: tuple[Tensor, float] | None = None,
-              ) -> tuple[list[AbstractValue], Callable[[Tensor], AbstractValue]]:
+              resume: tuple[dict, Tensor] | None = None) -> tuple[list[AbstractValue], Callable[[Tensor], AbstractValue]]:
         opts = None if optimise is False else OptimiseOptions() if optimise is True else _OPTIMISE_MODES[optimise]()
-        graph = Graph(method, opts, lp_candidates=lp_candidates, skip=skip, record=record, resume=resume,
-                      gap_share=gap_share)
+        graph = Graph(method, opts, lp_candidates=lp_candidates, skip=skip, record=record, resume=resume)
         frames = input_expressions(graph, regions.lower, regions.upper, regions.masks, regions.ball_center,
                                    regions.ball_eps)
         return frames, lambda x: LinExpr.constant(graph, x)
@@ -174,11 +171,7 @@ def _alpha_margins(mode: str, passes: int = 1, reach_factor: float = 2.0,
     def margins_fn(program, regions: Regions, weight: Tensor, bias: Tensor) -> Tensor:
         attack = _attacked(program, regions, weight, bias)
         broken = attack < 0
-        # the same rule already for backsub-slopes' margin steps, on the plain bounds (on the R2-recipe
-        # models those steps certified no region whose plain bound's share was above 0.31)
-        within = None if gap_share == float("inf") else (attack, gap_share)
-        margins = _margins_of(program, DOMAINS["backsub-slopes"].start, regions, weight, bias, skip=broken,
-                              gap_share=within)
+        margins = _margins_of(program, DOMAINS["backsub-slopes"].start, regions, weight, bias, skip=broken)
         previous: tuple[dict, Tensor] | None = None  # the last pass's tightenings and its regions
         gain = torch.zeros_like(margins[:, 0])  # each region's gain in worst margin in the last pass
         for p in range(passes):

@@ -26,8 +26,7 @@ before computing the operation's planes (alpha-CROWN-like: intermediate bounds a
 with slopes per bound, or (``intermediate_shared``, ``backsub-alpha-shared``) one set of slopes per
 box shared by all its lower and upper bounds: the exact offsets, the bulk of the cost, are then
 computed once per earlier neuron instead of once per bound (2 x width times fewer).
-Regions in ``Graph.skip`` (a concrete counterexample is known) are never optimised, nor (with
-``Graph.gap_share``) regions whose first-pass bound is far below a quick attack's margin.
+Regions in ``Graph.skip`` (a concrete counterexample is known) are never optimised.
 """
 
 from __future__ import annotations
@@ -121,9 +120,6 @@ class Graph:
     # regions known to contain a counterexample (``rnnguard.attacks.falsify_regions``): no bound can
     # certify them, so the optimised modes leave them at their first-pass bounds
     skip: Tensor | None = None
-    # (U, share): regions whose first-pass worst margin L has -L > share * (U - L), U an attack's worst
-    # margin (an upper bound on the true one), are not optimised either (a time saving)
-    gap_share: tuple[Tensor, float] | None = None
     # intermediate tightenings: ``record`` receives each one's final optimiser state (by call order);
     # ``resume = (states, regions)`` continues a previous propagation's tightenings, whose regions
     # ``regions`` (indices) are this graph's, from those states (see :func:`_tighten_values`)
@@ -675,8 +671,6 @@ def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tenso
     todo &= (_value_at_centres(graph, terms, const) > 0).all(dim=1)
     if graph.skip is not None:
         todo &= ~graph.skip
-    if graph.gap_share is not None:
-        todo &= within_gap_share(best.amin(dim=1), *graph.gap_share)
     if not bool(todo.any()):
         return best
     idx = todo.nonzero(as_tuple=True)[0]
