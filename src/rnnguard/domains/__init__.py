@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rnnguard.domains.backsub import Graph, LinExpr, OptimiseOptions, input_expressions, within_gap_share
+from rnnguard.domains.backsub import Graph, LinExpr, OptimiseOptions, input_expressions
 from rnnguard.domains.base import AbstractValue
 from rnnguard.domains.box import Box
 from rnnguard.domains.hybrid import Meet
@@ -156,6 +156,14 @@ def _attack_first(start: Start) -> Callable[..., Tensor]:
 _GAP_SHARE = 0.6
 
 
+def _within_gap_share(worst: Tensor, attack: Tensor, share: float) -> Tensor:
+    """Regions whose worst-margin lower bound ``L`` lies within ``share`` of the gap to the attack's
+    worst margin ``U``: ``-L <= share (U - L)``; all of them for ``inf`` (no NaN from a zero gap)."""
+    if share == float("inf"):
+        return torch.ones_like(worst, dtype=torch.bool)
+    return -worst <= share * (attack - worst)
+
+
 def _alpha_margins(mode: str, passes: int = 1, reach_factor: float = 2.0,
                    gap_share: float = float("inf")) -> Callable[..., Tensor]:
     """``backsub-slopes`` on every region, then, on the regions it leaves open in which a quick
@@ -176,7 +184,7 @@ def _alpha_margins(mode: str, passes: int = 1, reach_factor: float = 2.0,
         gain = torch.zeros_like(margins[:, 0])  # each region's gain in worst margin in the last pass
         for p in range(passes):
             worst = margins.amin(dim=1)
-            todo = (worst <= 0) & ~broken & within_gap_share(worst, attack, gap_share)
+            todo = (worst <= 0) & ~broken & _within_gap_share(worst, attack, gap_share)
             if p >= 2:
                 todo &= worst + reach_factor * gain * (passes - p) > 0
             rows = todo.nonzero(as_tuple=True)[0]

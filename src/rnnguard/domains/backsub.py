@@ -654,14 +654,6 @@ def _value_at_centres(graph: Graph, terms: dict[int, Tensor], const: Tensor) -> 
     return evaluate(terms, const)
 
 
-def within_gap_share(worst: Tensor, attack: Tensor, share: float) -> Tensor:
-    """Regions whose worst-margin lower bound ``L`` lies within ``share`` of the gap to an attack's
-    worst margin ``U`` (an upper bound on the true one): ``-L <= share (U - L)``; all for ``inf``."""
-    if share == float("inf"):
-        return torch.ones_like(worst, dtype=torch.bool)
-    return -worst <= share * (attack - worst)
-
-
 def _optimise(graph: Graph, terms: dict[int, Tensor], const: Tensor, best: Tensor, opts: OptimiseOptions) -> Tensor:
     """R2-OPT: raise the margin lower bounds by convex combinations of candidate planes (see module doc).
 
