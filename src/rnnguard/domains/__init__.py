@@ -89,10 +89,11 @@ _OPTIMISE_MODES = {
     "slopes": lambda: OptimiseOptions(steps=60, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95, reach_window=10),
     # every operand box tightened by 40 free-slope steps (tuned like the above), then 100 margin steps
     "alpha": lambda: OptimiseOptions(steps=100, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95,
-                                     intermediate_steps=40, reach_window=10),
+                                     intermediate_steps=40, intermediate_warmup=5, reach_window=10),
     # the same with one slope set per operand box (shared by its lower and upper bounds)
     "alpha-shared": lambda: OptimiseOptions(steps=100, patience=20, mode="slopes", slope_lr=0.02, lr_decay=0.95,
-                                            intermediate_steps=40, intermediate_shared=True, reach_window=10),
+                                            intermediate_steps=40, intermediate_warmup=5, intermediate_shared=True,
+                                            reach_window=10),
 }
 
 

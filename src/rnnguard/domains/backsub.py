@@ -72,6 +72,10 @@ class OptimiseOptions:
     intermediate_steps: int = 0
     # one slope set per tightened box, shared by all its lower and upper bounds (cheaper, looser)
     intermediate_shared: bool = False
+    # the tightenings' rate ramps up linearly over this many first steps: Adam's first step moves
+    # every slope by the full rate whatever its gradient, which costs a box more than its next
+    # ten steps win back
+    intermediate_warmup: int = 1
     # stop a region whose worst margin, at the pace of its last ``reach_window`` steps (per unit
     # of learning rate, times the rates still to come), would stay below zero even at
     # ``reach_factor`` times that pace; checked from step ``patience + reach_window`` on (the first
@@ -391,7 +395,7 @@ def _tighten_values(graph: Graph, todo: list[LinExpr]) -> None:
         params, bound_of = _free_slopes(graph, len(todo), row_sets)
     else:
         params, bound_of = _free_slopes(graph, const.shape[-1])
-    optimiser = _Adam(params, opts.slope_lr)
+    optimiser = _Adam(params, opts.slope_lr, warmup=opts.intermediate_warmup)
     if graph.resume is not None and index in graph.resume[0]:
         state, regions = graph.resume[0][index], graph.resume[1]
         if [p.shape[1:] for p in params] != [q.shape[1:] for q in state.params]:
@@ -802,10 +806,12 @@ def _select_rows(planes: LinearBounds, rows: Tensor) -> LinearBounds:
 
 
 class _Adam:
-    """Plain Adam on a few tensors (``torch.optim`` would import torch._dynamo: ~5 s on first use)."""
+    """Plain Adam on a few tensors (``torch.optim`` would import torch._dynamo: ~5 s on first use);
+    ``warmup``: the rate ramps up linearly over the first this-many steps."""
 
-    def __init__(self, params: list[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> None:
-        self.params, self.lr, self.betas, self.t = params, lr, betas, 0
+    def __init__(self, params: list[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 warmup: int = 1) -> None:
+        self.params, self.lr, self.betas, self.t, self.warmup = params, lr, betas, 0, max(1, warmup)
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
 
@@ -818,7 +824,7 @@ class _Adam:
                 continue
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            step = self.lr / (1 - b1 ** self.t)
+            step = self.lr / (1 - b1 ** self.t) * min(1.0, self.t / self.warmup)
             p.addcdiv_(m, (v / (1 - b2 ** self.t)).sqrt_().add_(1e-8), value=-step)
 
 

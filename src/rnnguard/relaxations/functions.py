@@ -133,15 +133,23 @@ def _unary_offsets(
 
     Candidates: both ends and the points where ``f' = k``; valid for any slope ``k``."""
 
-    def offsets(k: Tensor, l: Tensor, u: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def offsets(k: Tensor, l: Tensor, u: Tensor, dtype: torch.dtype, points: bool = False) -> tuple[Tensor, ...]:
         x = _pick([l, u, *critical(k.detach())], l, l, u)
         fx, kx = f(x), k.unsqueeze(-1) * x
         g = fx - kx
         with torch.no_grad():  # the rounding slack's scale: no gradient needed
             scale = (fx.abs() + kx.abs()).amax(-1)
+        if points:
+            return (*_outward(g.amin(-1), g.amax(-1), scale, dtype), *_extreme_points(g, [x]))
         return _outward(g.amin(-1), g.amax(-1), scale, dtype)
 
     return offsets
+
+
+def _extreme_points(g: Tensor, coords: list[Tensor]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """The candidate coordinates at which ``g`` (candidates last) is smallest and largest."""
+    at = [g.argmin(-1, keepdim=True), g.argmax(-1, keepdim=True)]
+    return tuple(tuple(c.gather(-1, i).squeeze(-1) for c in coords) for i in at)  # type: ignore[return-value]
 
 
 def _unary_planes(
@@ -205,20 +213,10 @@ def sigmoid_tanh_interval(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> tup
     return _corner_interval(sigmoid_tanh)(lx, ux, ly, uy)
 
 
-def _log_gap_parts(t: Tensor, left: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(e^t, s, s - b, 1 - s)`` for ``s = b + e^t`` (``left``) or ``s = 1 - e^t``."""
-    e = torch.exp(t)
-    omb = 1 - b
-    s = torch.where(left, b + e, 1 - e)
-    gap = torch.where(left, e, omb - e)
-    oms = torch.where(left, omb - e, e)
-    return e, s, gap, oms
-
-
-def _log_gap_phi(t: Tensor, left: Tensor, b: Tensor, log_a2: Tensor) -> Tensor:
-    """``log h(s(t)) - log a^2`` (see :func:`_log_gap_parts`)."""
-    e, s, gap, oms = _log_gap_parts(t, left, b)
-    return torch.log(s) + torch.where(left, t, torch.log(gap)) + 2 * torch.where(left, torch.log(oms), t) - log_a2
+def _right_phi(w: Tensor, omb: Tensor, log_a2: Tensor) -> Tensor:
+    """``phi(w) = log h(s) - log a^2`` at ``s = 1 - e^w`` (``omb = 1 - b``); rises with ``w`` up to the mode."""
+    e = torch.exp(w)
+    return torch.log1p(-e) + torch.log(omb - e) + 2 * w - log_a2
 
 
 # phi(s*) below this: start from the quadratic model at the mode instead (see the interior roots)
@@ -227,91 +225,90 @@ _FOLD_START = 0.1
 _COMPACT_ABOVE = 4096
 
 
-def _newton_log_gap(t: Tensor, lo: Tensor, hi: Tensor, left: Tensor, b: Tensor, log_a2: Tensor, done: Tensor,
-                    tol: float, max_steps: int) -> Tensor:
-    """Safeguarded Newton on ``phi(t) = log h(s(t)) - log a^2`` (rising in ``t``) inside ``[lo, hi]``
+def _newton_right_root(w: Tensor, lo: Tensor, hi: Tensor, omb: Tensor, log_a2: Tensor, done: Tensor,
+                       tol: float, max_steps: int) -> Tensor:
+    """Safeguarded Newton on ``phi(w)`` (:func:`_right_phi`, rising in ``w``) inside ``[lo, hi]``
     (see :func:`_sigmoid_tanh_interior`); entries in ``done`` are not solved.  An entry stops moving
     once its own step is below ``tol``, so its root does not depend on the other entries (how many
     iterations the slowest needs).  On large inputs the iteration continues on the unconverged
-    entries only (most take 3-6 steps, a few up to 14)."""
-    shape = t.shape
-    t, lo, hi, left, b, log_a2, done = (u.reshape(-1) for u in (t, lo, hi, left, b, log_a2, done))
-    out, where = t, None  # the working entries sit at ``where`` in ``out`` (None: all of them)
+    entries only (most take 3-5 steps, a few up to 14)."""
+    shape = w.shape
+    w, lo, hi, omb, log_a2, done = (u.reshape(-1) for u in (w, lo, hi, omb, log_a2, done))
+    out, where = w, None  # the working entries sit at ``where`` in ``out`` (None: all of them)
     for _ in range(max_steps):
-        e, s, gap, oms = _log_gap_parts(t, left, b)
-        log_gap = torch.where(left, t, torch.log(gap))
-        log_oms = torch.where(left, torch.log(oms), t)
-        value = torch.log(s) + log_gap + 2 * log_oms - log_a2
-        slope = torch.where(left, 1.0, -1.0) * (e / s + torch.where(left, 1.0, e / gap)
-                                                 - 2 * torch.where(left, e / oms, 1.0))
-        guess = t - value / slope
-        below = value < 0  # the root lies above t
-        lo, hi = torch.where(below, t, lo), torch.where(below, hi, t)
+        e = torch.exp(w)
+        s, gap = 1 - e, omb - e
+        value = torch.log1p(-e) + torch.log(gap) + 2 * w - log_a2
+        guess = w - value / (2 - e / s - e / gap)
+        below = value < 0  # the root lies above w
+        lo, hi = torch.where(below, w, lo), torch.where(below, hi, w)
         inside = (guess >= lo) & (guess <= hi)  # NaN fails: bisect
         step = torch.where(inside, guess, (lo + hi) / 2)
-        converged = (step - t).abs() <= tol * torch.maximum(t.abs(), torch.ones_like(t))
-        t = torch.where(done, t, step)  # a converged entry stays put: its root is its own, not the batch's
+        converged = (step - w).abs() <= tol * torch.maximum(w.abs(), torch.ones_like(w))
+        w = torch.where(done, w, step)  # a converged entry stays put: its root is its own, not the batch's
         done = done | converged
         n_open = int((~done).sum())
         if n_open == 0:
             break
-        if t.numel() > _COMPACT_ABOVE and 4 * n_open < t.numel():
+        if w.numel() > _COMPACT_ABOVE and 4 * n_open < w.numel():
             keep = (~done).nonzero(as_tuple=True)[0]
             if where is None:
-                out = t.clone()
+                out = w.clone()
                 where = keep
             else:
-                out[where] = t
+                out[where] = w
                 where = where[keep]
-            t, lo, hi, left, b, log_a2, done = (u[keep] for u in (t, lo, hi, left, b, log_a2, done))
+            w, lo, hi, omb, log_a2, done = (u[keep] for u in (w, lo, hi, omb, log_a2, done))
     else:  # not converged in max_steps (not seen in practice): plain bisection of the brackets
         for _ in range(200):
             mid = (lo + hi) / 2
-            below = _log_gap_phi(mid, left, b, log_a2) < 0
+            below = _right_phi(mid, omb, log_a2) < 0
             lo, hi = torch.where(below | done, mid, lo), torch.where(below & ~done, hi, mid)
-        t = torch.where(done, t, (lo + hi) / 2)
+        w = torch.where(done, w, (lo + hi) / 2)
     if where is None:
-        return t.reshape(shape)
-    out[where] = t
+        return w.reshape(shape)
+    out[where] = w
     return out.reshape(shape)
 
 
 def _sigmoid_tanh_interior(a: Tensor, b: Tensor, tol: float = 1e-10, max_steps: int = 80,
                            cache: dict | None = None, x_range: tuple[Tensor, Tensor] | None = None,
                            ) -> list[tuple[Tensor, Tensor]]:
-    """The ``(x, y)`` of the interior stationary points of ``sigma(x)tanh(y) - a x - b y`` (NaN: none).
+    """The ``(x, y)`` of the interior stationary point of ``sigma(x)tanh(y) - a x - b y`` that can
+    be an extremum (NaN: none), as a one-element list of candidates.
 
     There ``sigma'(x) tanh(y) = a`` and ``sigma(x)(1 - tanh(y)^2) = b``, so ``s = sigma(x)`` solves
     ``h(s) = s (s-b) (1-s)^2 = a^2`` with ``b < s < 1`` (none unless ``0 < b < 1`` and ``|a| < 1``:
     ``h < 1`` there), and ``tanh(y)^2 = (s-b)/s`` with the sign of ``a``.  ``h`` vanishes at ``b``
     and ``1`` and is log-concave between them, so it rises to one mode ``s*`` (the root of
-    ``4s^2 - (2+3b)s + b`` in ``(b, 1)``) and falls: at most one root on each side.
+    ``q(s) = 4s^2 - (2+3b)s + b`` in ``(b, 1)``) and falls: at most one root on each side.
 
-    Each root is found in the coordinate that keeps its precision where it sits: the left one in
-    ``v = log(s-b)``, the right one in ``w = log(1-s)``.  In both, ``phi = log h - log a^2`` rises
-    monotonically to ``phi(s*)``, is close to linear near the usual roots (``2w + log(1-b) - log a^2``
-    as ``s -> 1``), and the right one is concave; closed-form lower ends (``phi < 0`` there:
-    ``log a^2 - log s* - 2 log(1-b)`` and ``(log a^2 - log(1-b)) / 2``) and the mode bracket them.
-    Safeguarded Newton (a bisection step where Newton would leave the bracket) runs until every
-    step is below ``tol`` relative (usually 2-4 steps; rounding noise in ``phi`` keeps the last
-    steps near 1e-15, hence not a tighter ``tol``): Newton's next error is then about the square of
-    its last step, and an error ``d`` in the point changes the candidate's value only by ``O(d^2)``
-    (the point stays on the curve where the y-derivative vanishes), far below the ulps of slack
-    :func:`_outward` adds.  ``cache`` (a dict kept across calls with the same shapes, e.g. the steps
-    of an optimiser whose slopes move a little each time) warm-starts the iteration at the previous
-    call's roots, clamped into the new brackets (on the free-slope optimisers' calls: 2.9 instead
-    of 4.2 steps per root on average).  Near the fold (``phi(s*) < 0.1``: both roots close to the
-    mode, where Newton crawls) the start is the root of ``phi``'s quadratic model at the mode
-    instead: the slowest entries then take 7 instead of 15 steps (cold) and a call 6 instead of 9.
-    (The x-space iteration with a fixed 16 steps this replaces stalled next to ``s = b`` for tiny
-    ``a``, with x errors up to 7e-4 and value errors up to 2e-7.)
+    **Only the root right of the mode can be an extremum.**  At a stationary point (with
+    ``sigma' = s(1-s)``, ``tanh' = b/s``, ``tanh^2 = (s-b)/s``) ``g_xx g_yy = -2(1-s)(1-2s) b (s-b)``
+    and ``g_xy^2 = (1-s)^2 b^2``, so the Hessian's determinant is ``(1-s) b q(s)``.  ``q < 0`` on
+    ``(b, s*)``: the left root is a strict saddle, never a local (let alone the box's) maximum or
+    minimum, so it is no candidate and is not solved; ``q >= 0`` on ``[s*, 1)``.  (A test checks
+    the determinant's sign at both roots, found by dense search.)
 
-    ``x_range = (lx, ux)`` (shaped like ``a``): only the roots with ``lx <= x <= ux`` are wanted (a
+    The right root is found in ``w = log(1-s)``, which keeps its precision as ``s -> 1``: there
+    ``phi(w) = log h - log a^2`` rises monotonically to ``phi(s*)``, is concave and close to
+    linear near the usual roots (``2w + log(1-b) - log a^2``), with the closed-form lower end
+    ``(log a^2 - log(1-b)) / 2`` (``phi < 0`` there) and the mode as bracket.  Safeguarded Newton (a
+    bisection step where Newton would leave the bracket) runs until every step is below ``tol``
+    relative (rounding noise in ``phi`` keeps the last steps near 1e-15, hence not a tighter
+    ``tol``): Newton's next error is then about the square of its last step, and an error ``d`` in
+    the point changes the candidate's value only by ``O(d^2)`` (the point stays on the curve where
+    the y-derivative vanishes), far below the ulps of slack :func:`_outward` adds.  ``cache`` (a
+    dict kept across calls with the same shapes, e.g. the steps of an optimiser whose slopes move a
+    little each time) warm-starts the iteration at the previous call's roots, clamped into the new
+    brackets.  Near the fold (``phi(s*) < 0.1``: the root close to the mode, where Newton crawls)
+    the start is the root of ``phi``'s quadratic model at the mode instead.
+
+    ``x_range = (lx, ux)`` (shaped like ``a``): only a root with ``lx <= x <= ux`` is wanted (a
     stationary point outside the box is no extremum on it); the others come back NaN unsolved.
-    As ``phi`` is monotone on each bracket, a root lies in the box's range of its coordinate iff
-    ``phi`` changes sign over the intersection: two evaluations decide it, with margins (1e-6 in
-    the coordinate, 1e-9 in ``phi``) far above rounding, so a root near an edge is always solved.
-    On the optimised verifiers' boxes about two thirds of the roots are dropped this way.
+    As ``phi`` is monotone on the bracket, the root lies in the box's range of ``w`` iff ``phi``
+    changes sign over the intersection: two evaluations decide it, with margins (1e-6 in ``w``,
+    1e-9 in ``phi``) far above rounding, so a root near an edge is always solved.
     """
     with torch.no_grad():
         aa = a.abs()
@@ -320,54 +317,48 @@ def _sigmoid_tanh_interior(a: Tensor, b: Tensor, tol: float = 1e-10, max_steps: 
         aa = torch.where(ok, aa, torch.full_like(aa, 0.25))
         log_a2 = 2 * torch.log(aa)
         s_star = ((2 + 3 * bb) + torch.sqrt(9 * bb * bb - 4 * bb + 4)) / 8
+        omb = 1 - bb
         log_omb = torch.log1p(-bb)
         fold = torch.log(s_star) + torch.log(s_star - bb) + 2 * torch.log1p(-s_star) - log_a2  # phi(s*)
         ok &= fold >= 0
-        # stacked coordinates t = (v, w) with s = b + e^v (left) and s = 1 - e^w (right)
-        left = torch.tensor([True, False], device=b.device).reshape(2, *[1] * b.dim()).expand(2, *b.shape)
-        hi = torch.stack([torch.log(s_star - bb), torch.log1p(-s_star)])
-        lo = torch.minimum(torch.stack([log_a2 - torch.log(s_star) - 2 * log_omb, (log_a2 - log_omb) / 2]), hi)
-        # start: the left root's linearisation at s = b, the right root's lower end
-        t = torch.stack([log_a2 - torch.log(bb) - 2 * log_omb, lo[1]])
+        hi = torch.log1p(-s_star)
+        lo = torch.minimum((log_a2 - log_omb) / 2, hi)
+        w = lo  # start: the lower end
         previous = None if cache is None else cache.get("roots")
-        if previous is not None and previous.shape == t.shape:
-            t = torch.where(torch.isfinite(previous), previous, t)
-        # near the fold (phi(s*) small, the roots close to the mode, where Newton is slow) start
-        # from phi's quadratic model at the mode: s = s* -+ sqrt(2 phi(s*) / -phi''(s*))
+        if previous is not None and previous.shape == w.shape:
+            w = torch.where(torch.isfinite(previous), previous, w)
+        # near the fold (phi(s*) small, the root close to the mode, where Newton is slow) start
+        # from phi's quadratic model at the mode: s = s* + sqrt(2 phi(s*) / -phi''(s*))
         curv = 1 / s_star**2 + 1 / (s_star - bb) ** 2 + 2 / (1 - s_star) ** 2
-        half = torch.sqrt(2 * fold.clamp(min=0) / curv)
-        near = torch.stack([torch.log((s_star - bb - half).clamp(min=0)), torch.log((1 - s_star - half).clamp(min=0))])
-        t = torch.where((fold < _FOLD_START) & torch.isfinite(near), near, t)
-        t = torch.minimum(torch.maximum(t, lo), hi)
-        bb2, log_a22 = bb.expand(2, *b.shape), log_a2.expand(2, *b.shape)
-        wanted = ok.expand(2, *b.shape)
+        near = torch.log((1 - s_star - torch.sqrt(2 * fold.clamp(min=0) / curv)).clamp(min=0))
+        w = torch.where((fold < _FOLD_START) & torch.isfinite(near), near, w)
+        w = torch.minimum(torch.maximum(w, lo), hi)
+        wanted = ok
         if x_range is not None:
-            s_lo, s_hi = torch.sigmoid(x_range[0]), torch.sigmoid(x_range[1])
-            # the box's s-range in each coordinate (w = log(1-s) runs the other way), widened
-            box_lo = torch.stack([torch.log((s_lo - bb).clamp(min=0)), torch.log1p(-s_hi)]) - 1e-6
-            box_hi = torch.stack([torch.log((s_hi - bb).clamp(min=0)), torch.log1p(-s_lo)]) + 1e-6
-            first, last = torch.maximum(lo, box_lo), torch.minimum(hi, box_hi)
-            inside = (first <= last) & (_log_gap_phi(first, left, bb2, log_a22) <= 1e-9)
-            inside &= _log_gap_phi(torch.where(inside, last, first), left, bb2, log_a22) >= -1e-9
+            # the box's range of w = log(1-s) (it runs against x), widened
+            first = torch.maximum(lo, torch.log1p(-torch.sigmoid(x_range[1])) - 1e-6)
+            last = torch.minimum(hi, torch.log1p(-torch.sigmoid(x_range[0])) + 1e-6)
+            inside = (first <= last) & (_right_phi(first, omb, log_a2) <= 1e-9)
+            inside &= _right_phi(torch.where(inside, last, first), omb, log_a2) >= -1e-9
             wanted = wanted & inside
         pick = wanted.reshape(-1).nonzero(as_tuple=True)[0]
         if pick.numel() < wanted.numel():  # solve only the wanted roots
-            flat = t.reshape(-1).clone()
-            flat[pick] = _newton_log_gap(*(u.reshape(-1)[pick] for u in (t, lo, hi, left, bb2, log_a22)),
-                                         torch.zeros_like(pick, dtype=torch.bool), tol, max_steps)
-            t = flat.reshape(t.shape)
+            flat = w.reshape(-1).clone()
+            flat[pick] = _newton_right_root(*(u.reshape(-1)[pick] for u in (w, lo, hi, omb, log_a2)),
+                                            torch.zeros_like(pick, dtype=torch.bool), tol, max_steps)
+            w = flat.reshape(w.shape)
         else:
-            t = _newton_log_gap(t, lo, hi, left, bb2, log_a22, ~wanted, tol, max_steps)
+            w = _newton_right_root(w, lo, hi, omb, log_a2, ~wanted, tol, max_steps)
         if cache is not None:
-            cache["roots"] = t
-        e, s, gap, oms = _log_gap_parts(t, left, bb)
-        x = torch.log(s) - torch.where(left, torch.log(oms), t)  # logit(s)
+            cache["roots"] = w
+        e = torch.exp(w)
+        s, gap = 1 - e, omb - e
+        x = torch.log1p(-e) - w  # logit(s)
         # atanh(sqrt(gap / s)) written without cancellation (1 - tanh(y)^2 = b / s)
         y = torch.log1p(torch.sqrt(gap / s)) - 0.5 * torch.log(bb / s)
         y = torch.where(a >= 0, y, -y)
         nan = torch.full_like(x, float("nan"))
-        x, y = torch.where(wanted, x, nan), torch.where(wanted, y, nan)
-        return [(x[0], y[0]), (x[1], y[1])]
+        return [(torch.where(wanted, x, nan), torch.where(wanted, y, nan))]
 
 
 def sigmoid_tanh_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes:
@@ -392,8 +383,8 @@ def sigmoid_tanh_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Plane
 
 def sigmoid_tanh_offsets(
     a: Tensor, b: Tensor, lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, dtype: torch.dtype,
-    cache: dict | None = None,
-) -> tuple[Tensor, Tensor]:
+    cache: dict | None = None, points: bool = False,
+) -> tuple[Tensor, ...]:
     """Exact (min, max) of ``sigma(x)tanh(y) - a x - b y`` on the box (float64 inputs, any slopes),
     rounded outward to ``dtype``; candidates as in :func:`sigmoid_tanh_planes`; ``cache``: see
     :func:`_sigmoid_tanh_interior`."""
@@ -414,7 +405,7 @@ def sigmoid_tanh_offsets(
     for xx, yy in _sigmoid_tanh_interior(ad, bd, cache=cache, x_range=box):  # interior stationary points
         xs.append(xx)
         ys.append(yy)
-    return _binary_extrema(sigmoid_tanh, a, b, xs, ys, lx, ux, ly, uy, dtype)
+    return _binary_extrema(sigmoid_tanh, a, b, xs, ys, lx, ux, ly, uy, dtype, points)
 
 
 def _binary_extrema(
@@ -428,14 +419,18 @@ def _binary_extrema(
     ly: Tensor,
     uy: Tensor,
     dtype: torch.dtype,
-) -> tuple[Tensor, Tensor]:
-    """Min and max of ``f - a x - b y`` over the candidate points, rounded outward to ``dtype``."""
+    points: bool = False,
+) -> tuple[Tensor, ...]:
+    """Min and max of ``f - a x - b y`` over the candidate points, rounded outward to ``dtype``;
+    ``points``: also the ``(x, y)`` where they are attained (for :class:`_DanskinOffsets`)."""
     x = _pick(xs, lx, lx, ux)
     y = _pick(ys, ly, ly, uy)
     fxy, ax, by = f(x, y), a.unsqueeze(-1) * x, b.unsqueeze(-1) * y
     g = fxy - ax - by
     with torch.no_grad():  # the rounding slack's scale: no gradient needed
         scale = (fxy.abs() + ax.abs() + by.abs()).amax(-1)
+    if points:
+        return (*_outward(g.amin(-1), g.amax(-1), scale, dtype), *_extreme_points(g, [x, y]))
     return _outward(g.amin(-1), g.amax(-1), scale, dtype)
 
 
@@ -456,8 +451,8 @@ def mul_sigmoid_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes
 
 
 def mul_sigmoid_offsets(
-    a: Tensor, b: Tensor, lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
+    a: Tensor, b: Tensor, lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, dtype: torch.dtype, points: bool = False
+) -> tuple[Tensor, ...]:
     """Exact (min, max) of ``x sigma(y) - a x - b y`` on the box (float64 inputs, any slopes),
     rounded outward to ``dtype``; candidates as in :func:`mul_sigmoid_planes`."""
     bd = b.detach()
@@ -469,7 +464,7 @@ def mul_sigmoid_offsets(
         yy = _sigmoid_prime_inverse(q)[0]
         xs += [xe, xe]
         ys += [yy, -yy]
-    return _binary_extrema(mul_sigmoid, a, b, xs, ys, lx, ux, ly, uy, dtype)
+    return _binary_extrema(mul_sigmoid, a, b, xs, ys, lx, ux, ly, uy, dtype, points)
 
 
 def mul_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes:
@@ -483,10 +478,10 @@ def mul_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes:
 
 
 def mul_offsets(
-    a: Tensor, b: Tensor, lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
+    a: Tensor, b: Tensor, lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, dtype: torch.dtype, points: bool = False
+) -> tuple[Tensor, ...]:
     """Exact (min, max) of ``x y - a x - b y`` on the box (bilinear: the corners suffice)."""
-    return _binary_extrema(mul, a, b, [lx, lx, ux, ux], [ly, uy, ly, uy], lx, ux, ly, uy, dtype)
+    return _binary_extrema(mul, a, b, [lx, lx, ux, ux], [ly, uy, ly, uy], lx, ux, ly, uy, dtype, points)
 
 
 mul_sigmoid_interval = _corner_interval(mul_sigmoid)
@@ -516,6 +511,30 @@ def exact_offsets(op: str, slopes: tuple[Tensor, ...] | list[Tensor], *bounds: T
     dtype = bounds[0].dtype
     ts = torch.broadcast_tensors(*(t.to(WORK) for t in (*slopes, *bounds)))
     k = len(slopes)
-    if cache is not None and op == "sigmoid_tanh":
-        return sigmoid_tanh_offsets(*ts, dtype, cache=cache)
-    return _OFFSETS[op](*ts[:k], *ts[k:], dtype)
+    extra = {"cache": cache} if cache is not None and op == "sigmoid_tanh" else {}
+    offsets = _OFFSETS[op]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in ts[:k]) and not any(t.requires_grad for t in ts[k:]):
+        return _DanskinOffsets.apply(lambda *t: offsets(*t, dtype, points=True, **extra), k, *ts)
+    return offsets(*ts, dtype, **extra)
+
+
+class _DanskinOffsets(torch.autograd.Function):
+    """Offsets whose gradient in the slopes is applied directly (bounds without gradient: the
+    verifiers' slope optimisers): by Danskin's theorem ``d min_x (f - s.x) / d s = -x_min`` (and
+    ``-x_max`` for the max), the very subgradient autograd finds through the candidates' ``amin``
+    and ``amax``, without recording the candidate evaluation for the backward pass.  ``solve``
+    returns the offsets and, per slope, the coordinates of the minimising and maximising points."""
+
+    @staticmethod
+    def forward(ctx, solve: Callable[..., tuple], k: int, *tensors: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        low, high, at_low, at_high = solve(*tensors)
+        ctx.k, ctx.n = k, len(tensors)
+        ctx.save_for_backward(*at_low, *at_high)
+        return low, high
+
+    @staticmethod
+    def backward(ctx, grad_low: Tensor, grad_high: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        saved, k = ctx.saved_tensors, ctx.k
+        gl, gh = grad_low.to(WORK), grad_high.to(WORK)
+        grads = [-(gl * saved[i] + gh * saved[k + i]) for i in range(k)]
+        return (None, None, *grads, *[None] * (ctx.n - k))
