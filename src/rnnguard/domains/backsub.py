@@ -756,19 +756,11 @@ def _free_slopes(graph: Graph, k_rows: int, row_sets: Tensor | None = None) -> t
     says which set each row uses (default: set ``i`` for row ``i``, or one set for all rows)."""
     from rnnguard.relaxations.functions import exact_offsets
 
-    shifts: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
-    for n in graph.nodes:
-        if isinstance(n, OpNode) and n.operand_bounds:
-            R, width = n.planes.lower_offset.shape
-            make = lambda: torch.zeros((R, k_rows, width), dtype=n.planes.lower_offset.dtype,  # noqa: E731
-                                       device=n.planes.lower_offset.device, requires_grad=True)
-            shifts[n.id] = ([make() for _ in n.operands], [make() for _ in n.operands])
-
+    nodes = [n for n in graph.nodes if isinstance(n, OpNode) and n.operand_bounds]
     # nodes of one operation type share an exact_offsets call (lower and upper planes side by side)
     # up to a size budget: small tensors are dominated by per-call overhead, large ones by memory
     groups: dict[tuple[str, int], list[OpNode]] = {}
-    for nid in shifts:
-        node = graph.nodes[nid]
+    for node in nodes:
         for g in itertools.count():
             members = groups.setdefault((node.op, g), [])
             if not members or sum(n.planes.lower_offset.numel() for n in members + [node]) * k_rows <= _GROUP_ELEMENTS:
@@ -776,27 +768,35 @@ def _free_slopes(graph: Graph, k_rows: int, row_sets: Tensor | None = None) -> t
                 break
 
     caches: dict[tuple[str, int], dict] = {}  # root-finding warm starts, kept across the steps
-    # per group, what every step shares: the operand boxes, side by side as the planes will be
-    boxes = {key: [torch.cat([n.operand_bounds[j][side][:, None] for n in nodes] * 2, dim=-1)
-                   for j in range(len(nodes[0].operands)) for side in (0, 1)] for key, nodes in groups.items()}
+    # per group, what every step shares: the operand boxes and the first pass's slopes, side by side
+    # as the exact offsets take them (every member's lower planes, then every member's upper ones)
+    boxes = {key: [torch.cat([n.operand_bounds[j][side][:, None] for n in members] * 2, dim=-1)
+                   for j in range(len(members[0].operands)) for side in (0, 1)] for key, members in groups.items()}
+    first = {key: [torch.cat([n.planes.lower_slopes[j][:, None] for n in members]
+                             + [n.planes.upper_slopes[j][:, None] for n in members], dim=-1)
+                   for j in range(len(members[0].operands))] for key, members in groups.items()}
+    # the parameters: per group and operand ONE tensor of shifts in the same layout, so that a step
+    # adds them in one operation and Adam updates a few tensors instead of four per node
+    shifts = {key: [torch.zeros((s.shape[0], k_rows, s.shape[-1]), dtype=s.dtype, device=s.device, requires_grad=True)
+                    for s in first[key]] for key in groups}
 
     def bound(terms: dict[int, Tensor], const: Tensor) -> Tensor:
         direct = {}
-        for (op, g), nodes in groups.items():
-            lower = [[s[:, None] + d for s, d in zip(n.planes.lower_slopes, shifts[n.id][0])] for n in nodes]
-            upper = [[s[:, None] + d for s, d in zip(n.planes.upper_slopes, shifts[n.id][1])] for n in nodes]
-            slopes = [torch.cat([p[i] for p in lower] + [p[i] for p in upper], dim=-1) for i in range(len(lower[0]))]
+        for (op, g), members in groups.items():
+            slopes = [s + d for s, d in zip(first[op, g], shifts[op, g])]
             low, high = exact_offsets(op, slopes, *boxes[op, g], cache=caches.setdefault((op, g), {}))
-            widths = [n.planes.lower_offset.shape[-1] for n in nodes]
+            widths = [n.planes.lower_offset.shape[-1] for n in members]
             total = sum(widths)
-            for n, lo_off, hi_off, ls, us in zip(nodes, low[..., :total].split(widths, dim=-1),
+            lower = list(zip(*(s[..., :total].split(widths, dim=-1) for s in slopes)))
+            upper = list(zip(*(s[..., total:].split(widths, dim=-1) for s in slopes)))
+            for n, lo_off, hi_off, ls, us in zip(members, low[..., :total].split(widths, dim=-1),
                                                  high[..., total:].split(widths, dim=-1), lower, upper):
                 direct[n.id] = LinearBounds(tuple(ls), lo_off, tuple(us), hi_off)
         if row_sets is not None:
             direct = {nid: _select_rows(p, row_sets) for nid, p in direct.items()}
         return _backsub(graph, terms, const, direct=direct)
 
-    return [t for pair in shifts.values() for part in pair for t in part], bound
+    return [t for key in groups for t in shifts[key]], bound
 
 
 def _select_rows(planes: LinearBounds, rows: Tensor) -> LinearBounds:
