@@ -352,13 +352,23 @@ def _tighten_jointly(graph: Graph, values: Sequence[LinExpr]) -> None:
 @dataclass
 class _TighteningState:
     """Where one intermediate tightening stopped: its slopes, Adam's moments, step count and rate,
-    and its best bounds (rows ``[lo; -hi]``), all per region."""
+    and its best bounds (rows ``[lo; -hi]``), all per region; ``group_regions``: the region count
+    its slopes were grouped for (:func:`_free_slopes`), kept by every continuation; ``values``:
+    which values it bounded (:func:`_tightened_values_key`)."""
 
     params: list[Tensor]
     moments: tuple[list[Tensor], list[Tensor]]
     t: int
     lr: float
     best: Tensor
+    group_regions: int
+    values: tuple
+
+
+def _tightened_values_key(todo: list[LinExpr]) -> tuple:
+    """What a joint tightening bounds, comparable across propagations of one program: each value's
+    width and the nodes it depends on (node ids follow the program, not the regions)."""
+    return tuple((v.const.shape[-1], tuple(sorted(v.terms))) for v in todo)
 
 
 def _tighten_values(graph: Graph, todo: list[LinExpr]) -> None:
@@ -389,15 +399,23 @@ def _tighten_values(graph: Graph, todo: list[LinExpr]) -> None:
         terms[k] = torch.cat(blocks, dim=1)
     const = torch.cat([t for v in todo for t in (v.const, -v.const)], dim=-1)
     best = torch.cat([t for v in todo for lo, hi in [v.bounds()] for t in (lo, -hi)], dim=-1)
+    values = _tightened_values_key(todo)
+    state = graph.resume[0].get(index) if graph.resume is not None else None
+    if state is not None and state.values != values:
+        # the regions' lengths decide which states are masked selections, so a subset of regions
+        # can need other values tightened here: this tightening starts afresh (no recorded bound
+        # of other values may be taken)
+        state = None
+    group_regions = R if state is None else state.group_regions  # the recorded parameters' layout
     if opts.intermediate_shared:
         row_sets = torch.repeat_interleave(torch.arange(len(todo), device=const.device),
                                            torch.tensor([2 * m for m in widths], device=const.device))
-        params, bound_of = _free_slopes(graph, len(todo), row_sets)
+        params, bound_of = _free_slopes(graph, len(todo), row_sets, group_regions=group_regions)
     else:
-        params, bound_of = _free_slopes(graph, const.shape[-1])
+        params, bound_of = _free_slopes(graph, const.shape[-1], group_regions=group_regions)
     optimiser = _Adam(params, opts.slope_lr, warmup=opts.intermediate_warmup)
-    if graph.resume is not None and index in graph.resume[0]:
-        state, regions = graph.resume[0][index], graph.resume[1]
+    if state is not None:
+        regions = graph.resume[1]
         if [p.shape[1:] for p in params] != [q.shape[1:] for q in state.params]:
             raise ValueError("resume: the tightening does not match the recorded one (another program?)")
         with torch.no_grad():
@@ -415,7 +433,7 @@ def _tighten_values(graph: Graph, todo: list[LinExpr]) -> None:
             optimiser.lr *= opts.lr_decay
     if graph.record is not None:
         graph.record[index] = _TighteningState([p.detach() for p in params], (optimiser.m, optimiser.v),
-                                               optimiser.t, optimiser.lr, best)
+                                               optimiser.t, optimiser.lr, best, group_regions, values)
     for v, part in zip(todo, best.split([2 * m for m in widths], dim=-1)):
         m = part.shape[-1] // 2
         lo, hi = part[:, :m], -part[:, m:]
@@ -746,24 +764,30 @@ def _candidate_weights(graph: Graph, k_rows: int) -> tuple[list[Tensor], Bounder
     return [t for pair in thetas.values() for t in pair], bound
 
 
-def _free_slopes(graph: Graph, k_rows: int, row_sets: Tensor | None = None) -> tuple[list[Tensor], Bounder]:
+def _free_slopes(graph: Graph, k_rows: int, row_sets: Tensor | None = None,
+                 group_regions: int | None = None) -> tuple[list[Tensor], Bounder]:
     """Free-slope parameters: per margin, neuron and operand, a shift of the lower and of the upper
     plane's slopes away from the first pass's planes.  Every iterate's offsets are the EXACT
     extrema of ``f - slopes . operands`` over the operand box (:func:`exact_offsets`, whose
     gradient in the slopes is the Danskin one), so every iterate is a sound plane pair.
 
     ``k_rows`` slope sets per region; ``row_sets`` (one entry per row of the bounded expression)
-    says which set each row uses (default: set ``i`` for row ``i``, or one set for all rows)."""
+    says which set each row uses (default: set ``i`` for row ``i``, or one set for all rows).
+    The parameters are one tensor per operation group and operand; the groups are sized for
+    ``group_regions`` regions (default: the graph's), so that a continuation on fewer regions
+    can take the recorded parameters as they are."""
     from rnnguard.relaxations.functions import exact_offsets
 
     nodes = [n for n in graph.nodes if isinstance(n, OpNode) and n.operand_bounds]
     # nodes of one operation type share an exact_offsets call (lower and upper planes side by side)
     # up to a size budget: small tensors are dominated by per-call overhead, large ones by memory
+    per_row = k_rows * (group_regions if group_regions is not None else nodes[0].planes.lower_offset.shape[0]
+                        if nodes else 0)
     groups: dict[tuple[str, int], list[OpNode]] = {}
     for node in nodes:
         for g in itertools.count():
             members = groups.setdefault((node.op, g), [])
-            if not members or sum(n.planes.lower_offset.numel() for n in members + [node]) * k_rows <= _GROUP_ELEMENTS:
+            if not members or sum(n.planes.lower_offset.shape[-1] for n in members + [node]) * per_row <= _GROUP_ELEMENTS:
                 members.append(node)
                 break
 

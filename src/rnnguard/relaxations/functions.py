@@ -139,17 +139,20 @@ def _unary_offsets(
         g = fx - kx
         with torch.no_grad():  # the rounding slack's scale: no gradient needed
             scale = (fx.abs() + kx.abs()).amax(-1)
-        if points:
-            return (*_outward(g.amin(-1), g.amax(-1), scale, dtype), *_extreme_points(g, [x]))
-        return _outward(g.amin(-1), g.amax(-1), scale, dtype)
+        return _extrema(g, scale, dtype, [x] if points else None)
 
     return offsets
 
 
-def _extreme_points(g: Tensor, coords: list[Tensor]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
-    """The candidate coordinates at which ``g`` (candidates last) is smallest and largest."""
-    at = [g.argmin(-1, keepdim=True), g.argmax(-1, keepdim=True)]
-    return tuple(tuple(c.gather(-1, i).squeeze(-1) for c in coords) for i in at)  # type: ignore[return-value]
+def _extrema(g: Tensor, scale: Tensor, dtype: torch.dtype, coords: list[Tensor] | None = None) -> tuple[Tensor, ...]:
+    """Min and max of ``g`` over its candidates (last dimension), rounded outward to ``dtype``
+    (:func:`_outward`); with ``coords``, also the candidate coordinates where each is attained
+    (for :class:`_DanskinOffsets`)."""
+    if coords is None:
+        return _outward(g.amin(-1), g.amax(-1), scale, dtype)
+    (low, at_low), (high, at_high) = g.min(-1, keepdim=True), g.max(-1, keepdim=True)
+    points = [tuple(c.gather(-1, at).squeeze(-1) for c in coords) for at in (at_low, at_high)]
+    return (*_outward(low.squeeze(-1), high.squeeze(-1), scale, dtype), *points)
 
 
 def _unary_planes(
@@ -288,7 +291,7 @@ def _sigmoid_tanh_interior(a: Tensor, b: Tensor, tol: float = 1e-10, max_steps: 
     and ``g_xy^2 = (1-s)^2 b^2``, so the Hessian's determinant is ``(1-s) b q(s)``.  ``q < 0`` on
     ``(b, s*)``: the left root is a strict saddle, never a local (let alone the box's) maximum or
     minimum, so it is no candidate and is not solved; ``q >= 0`` on ``[s*, 1)``.  (A test checks
-    the determinant's sign at both roots, found by dense search.)
+    the determinant's sign at both roots, found by plain bisection.)
 
     The right root is found in ``w = log(1-s)``, which keeps its precision as ``s -> 1``: there
     ``phi(w) = log h - log a^2`` rises monotonically to ``phi(s*)``, is concave and close to
@@ -429,9 +432,7 @@ def _binary_extrema(
     g = fxy - ax - by
     with torch.no_grad():  # the rounding slack's scale: no gradient needed
         scale = (fxy.abs() + ax.abs() + by.abs()).amax(-1)
-    if points:
-        return (*_outward(g.amin(-1), g.amax(-1), scale, dtype), *_extreme_points(g, [x, y]))
-    return _outward(g.amin(-1), g.amax(-1), scale, dtype)
+    return _extrema(g, scale, dtype, [x, y] if points else None)
 
 
 def mul_sigmoid_planes(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Planes:
