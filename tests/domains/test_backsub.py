@@ -217,6 +217,16 @@ def test_optimised_passes_skip_regions_far_below_their_attack_margin(monkeypatch
     assert calls == [[0, 1, 2, 3, 4], [1, 2, 3]]
 
 
+def _tightening_propagation(program, regs, steps: int, **kwargs) -> backsub.Graph:
+    """A propagation whose operand boxes are tightened (shared slopes, ``steps`` steps each);
+    ``kwargs`` go to the graph (``record``, ``resume``)."""
+    graph = backsub.Graph("deepcert", backsub.OptimiseOptions(mode="slopes", intermediate_steps=steps,
+                                                              intermediate_shared=True), **kwargs)
+    frames = backsub.input_expressions(graph, regs.lower, regs.upper, regs.masks)
+    unroll(program, frames, regs.lengths, lambda x: backsub.LinExpr.constant(graph, x))
+    return graph
+
+
 def test_resumed_tightening_is_sound_and_at_least_as_tight():
     """A propagation that continues an earlier one's intermediate tightenings (``Graph.resume``) on
     a subset of its regions gives operand boxes that contain every sampled operand value and lie
@@ -227,11 +237,7 @@ def test_resumed_tightening_is_sound_and_at_least_as_tight():
     regions = pert.regions(data.x, data.lengths)
 
     def propagate(regs, **kwargs):
-        graph = backsub.Graph("deepcert", backsub.OptimiseOptions(mode="slopes", intermediate_steps=4,
-                                                                  intermediate_shared=True), **kwargs)
-        frames = backsub.input_expressions(graph, regs.lower, regs.upper, regs.masks)
-        unroll(data.program, frames, regs.lengths, lambda x: backsub.LinExpr.constant(graph, x))
-        return graph
+        return _tightening_propagation(data.program, regs, 4, **kwargs)
 
     record: dict = {}
     first = propagate(regions, record=record)
@@ -596,11 +602,7 @@ def test_resume_on_fewer_regions_keeps_the_parameter_layout(monkeypatch):
     monkeypatch.setattr(backsub, "_GROUP_ELEMENTS", 12 * hidden)
 
     def propagate(regs, **kwargs):
-        graph = backsub.Graph("deepcert", backsub.OptimiseOptions(mode="slopes", intermediate_steps=3,
-                                                                  intermediate_shared=True), **kwargs)
-        frames = backsub.input_expressions(graph, regs.lower, regs.upper, regs.masks)
-        unroll(data.program, frames, regs.lengths, lambda x: backsub.LinExpr.constant(graph, x))
-        return graph
+        return _tightening_propagation(data.program, regs, 3, **kwargs)
 
     records: list[dict] = [{}, {}]
     first = propagate(regions, record=records[0])
@@ -626,11 +628,7 @@ def test_resume_where_the_subset_tightens_other_values():
     regions = pert.regions(data.x, data.lengths)
 
     def propagate(regs, **kwargs):
-        graph = backsub.Graph("deepcert", backsub.OptimiseOptions(mode="slopes", intermediate_steps=3,
-                                                                  intermediate_shared=True), **kwargs)
-        frames = backsub.input_expressions(graph, regs.lower, regs.upper, regs.masks)
-        unroll(data.program, frames, regs.lengths, lambda x: backsub.LinExpr.constant(graph, x))
-        return graph
+        return _tightening_propagation(data.program, regs, 3, **kwargs)
 
     record: dict = {}
     propagate(regions, record=record)
