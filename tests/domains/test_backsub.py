@@ -183,10 +183,9 @@ def test_deep_passes_resume_and_stop_out_of_reach_regions(monkeypatch):
     assert margins[:, 0].tolist() == [1.0, 0.2, -0.85, -0.05, -1.0]
 
 
-def test_optimised_passes_skip_regions_far_below_their_attack_margin(monkeypatch):
-    """backsub-alpha-shared's pass goes only to open regions whose lower bound L and attack margin U
-    satisfy -L <= share (U - L); broken regions (U < 0) and certified ones never go; the others
-    keep their backsub-slopes margins.  The thorough backsub-alpha takes every open unbroken region."""
+def _fake_alpha_run(monkeypatch, name, lower, attack, passed):
+    """Run ``name``'s margins on fake bounds: ``lower`` from backsub-slopes, ``attack`` from the quick
+    attack, ``passed(rows)`` from each optimised pass; returns the margins and the passes' rows."""
     class Rows:
         def __init__(self, rows):
             self.rows = rows
@@ -194,27 +193,54 @@ def test_optimised_passes_skip_regions_far_below_their_attack_margin(monkeypatch
         def select(self, rows):
             return Rows(self.rows[rows])
 
+    calls = []
+
+    def fake_margins(program, start, regions, weight, bias, **kwargs):
+        calls.append(regions.rows.tolist())
+        return lower.clone() if len(calls) == 1 else passed(regions.rows)
+
+    monkeypatch.setattr(domains_module, "_margins_of", fake_margins)
+    monkeypatch.setattr(domains_module, "_attacked", lambda *a: attack)
+    n = len(lower)
+    margins = domains_module.DOMAINS[name].margins(None, Rows(torch.arange(n)), torch.zeros(n, 1, 2), torch.zeros(n, 1))
+    return margins, calls
+
+
+def test_optimised_passes_skip_regions_far_below_their_attack_margin(monkeypatch):
+    """backsub-alpha-shared's pass goes only to open regions whose lower bound L and attack margin U
+    satisfy -L <= share (U - L); broken regions (U < 0) and certified ones never go; the others
+    keep their backsub-slopes margins.  The thorough backsub-alpha takes every open unbroken region."""
     share = domains_module._GAP_SHARE
     lower = torch.tensor([[0.5], [-1.0], [-1.0], [-1.0], [-1.0]], dtype=torch.float64)
     # region 1: just inside the line; 2: just past it; 3: well inside; 4: broken
     line = (1 - share) / share  # U on the line for L = -1
     attack = torch.tensor([3.0, line * 1.01, line * 0.99, 5.0, -0.1], dtype=torch.float64)
-    calls = []
-
-    def fake_margins(program, start, regions, weight, bias, **kwargs):
-        calls.append(regions.rows.tolist())
-        return lower.clone() if len(calls) == 1 else torch.full((len(regions.rows), 1), 0.25, dtype=torch.float64)
-
-    monkeypatch.setattr(domains_module, "_margins_of", fake_margins)
-    monkeypatch.setattr(domains_module, "_attacked", lambda *a: attack)
-    run = lambda name: domains_module.DOMAINS[name].margins(None, Rows(torch.arange(5)),  # noqa: E731
-                                                            torch.zeros(5, 1, 2), torch.zeros(5, 1))
-    margins = run("backsub-alpha-shared")
+    # the pass closes a fifth of region 1's gap and certifies region 3 (a ninth of its gap)
+    passed = lambda rows: torch.tensor([[-1 + 0.2 * (1 + line * 1.01)], [-1 + 0.2 * 6.0]], dtype=torch.float64)  # noqa: E731
+    margins, calls = _fake_alpha_run(monkeypatch, "backsub-alpha-shared", lower, attack, passed)
     assert calls == [[0, 1, 2, 3, 4], [1, 3]]
-    assert margins[:, 0].tolist() == [0.5, 0.25, -1.0, 0.25, -1.0]
-    calls.clear()
-    run("backsub-alpha")
+    assert margins[:, 0].tolist() == pytest.approx([0.5, -1 + 0.2 * (1 + line * 1.01), -1.0, 0.2, -1.0])
+    _, calls = _fake_alpha_run(monkeypatch, "backsub-alpha", lower, attack,
+                               lambda rows: torch.full((len(rows), 1), 0.25, dtype=torch.float64))
     assert calls == [[0, 1, 2, 3, 4], [1, 2, 3]]
+
+
+def test_skipped_regions_get_the_pass_where_it_closes_more_than_the_share(monkeypatch):
+    """If backsub-alpha-shared's pass closes more than the gap share of some region's gap (the
+    rule's premise fails for the model), the open unbroken regions the rule skipped get the pass
+    too; broken and certified regions still never go."""
+    share = domains_module._GAP_SHARE
+    lower = torch.tensor([[0.5], [-1.0], [-4.0], [-1.0], [-6.0]], dtype=torch.float64)
+    attack = torch.tensor([3.0, 1.0, 1.0, -0.1, 0.5], dtype=torch.float64)  # shares: -, 0.5, 0.8, broken, 0.92
+    closes = (share + 0.05) * 2.0  # region 1's gain: a little more than the share of its gap (2)
+    passed = lambda rows: torch.where(rows[:, None] == 1, -1.0 + closes, 0.1).to(torch.float64)  # noqa: E731
+    margins, calls = _fake_alpha_run(monkeypatch, "backsub-alpha-shared", lower, attack, passed)
+    assert calls == [[0, 1, 2, 3, 4], [1], [2, 4]]
+    assert margins[:, 0].tolist() == pytest.approx([0.5, -1.0 + closes, 0.1, -1.0, 0.1])
+    closes = (share - 0.05) * 2.0  # a little less: the skipped regions keep their bounds
+    margins, calls = _fake_alpha_run(monkeypatch, "backsub-alpha-shared", lower, attack, passed)
+    assert calls == [[0, 1, 2, 3, 4], [1]]
+    assert margins[:, 0].tolist() == pytest.approx([0.5, -1.0 + closes, -4.0, -1.0, -6.0])
 
 
 def _tightening_propagation(program, regs, steps: int, **kwargs) -> backsub.Graph:

@@ -4,6 +4,7 @@ right of the mode, the other being a saddle)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rnnguard.relaxations.functions import _sigmoid_tanh_interior, exact_offsets
@@ -237,3 +238,31 @@ def test_danskin_gradient_equals_autograd_through_the_candidates() -> None:
             (g,) = torch.autograd.grad((weights[0] * low + weights[1] * high).sum(), [s])
             grads.append(g)
         torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["tanh", "sigmoid", "mul"])
+def test_danskin_gradient_spreads_over_tied_extreme_points(op: str) -> None:
+    """Where several candidates attain the extremum (a chord's two endpoints; a product's corners
+    with a zero slope pair on a symmetric box), the gradient is minus the MEAN of their coordinates,
+    as autograd's amin / amax spread it; one arbitrary endpoint steered the slope optimisers worse
+    (backsub-slopes lost a text of the RT LSTM)."""
+    gen = torch.Generator().manual_seed(13)
+    n = 64
+    if op == "mul":  # x*y - 0 x - 0 y on [-r, r]^2: the min -r^2 at two corners, the max r^2 at two
+        r = torch.rand(n, generator=gen, dtype=F64) + 0.5
+        bounds, slopes = [-r, r, -r, r], torch.zeros(2, n, dtype=F64)
+    else:  # the chord slope: f - k x takes equal values at both endpoints (the chord's min or max)
+        f = torch.tanh if op == "tanh" else torch.sigmoid
+        lo = torch.randn(n, generator=gen, dtype=F64)
+        hi = lo + torch.rand(n, generator=gen, dtype=F64) * 2 + 0.1
+        bounds, slopes = [lo, hi], ((f(hi) - f(lo)) / (hi - lo))[None]
+    grads = []
+    for bounds_need_grad in (False, True):
+        s = slopes.clone().requires_grad_(True)
+        b = [t.clone().requires_grad_(bounds_need_grad) for t in bounds]
+        low, high = exact_offsets(op, tuple(s), *b)
+        grads.append([torch.autograd.grad(v.sum(), [s], retain_graph=True)[0] for v in (low, high)])
+    for danskin, autograd in zip(*grads):
+        torch.testing.assert_close(danskin, autograd, rtol=1e-12, atol=1e-12)
+    if op == "mul":  # the tied corners (-r, r) and (r, -r), and (-r, -r) and (r, r): mean 0
+        assert bool((grads[0][0] == 0).all() and (grads[0][1] == 0).all())

@@ -147,13 +147,15 @@ def _attack_first(start: Start) -> Callable[..., Tensor]:
     return margins
 
 
-# backsub-alpha-shared's optimised pass goes only to regions whose worst-margin lower bound L and
-# attack margin U (an upper bound on the true worst margin) satisfy -L <= _GAP_SHARE * (U - L): at
+# backsub-alpha-shared's optimised pass goes first to the regions whose worst-margin lower bound L
+# and attack margin U (an upper bound on the true worst margin) satisfy -L <= _GAP_SHARE * (U - L): at
 # most this share of the gap [L, U] lies below zero.  On six R2-recipe MNIST model/eps pairs at eps
 # 0.01-0.015 (98 open regions) no region with a share above 0.39 after backsub-slopes was certified
-# by two passes, and a third of the open regions were past the line.  On 07F_032H_2L at eps 0.013,
-# where the passes close more of the gap, it skips 62 of 86 open regions and loses one certificate
-# (docs/results-verifiers.md), so the thorough domains (backsub-alpha, backsub-alpha-deep) keep all
+# by two passes, a third of the open regions were past the line, and no pass closed more than 0.41
+# of a region's gap.  Where a pass does close more than this share of some region's gap (the RT text
+# LSTM: up to 0.70, and regions with shares up to 0.89 certified), the rule's premise fails for the
+# model, and the regions it skipped get the pass too (see _alpha_margins).  The thorough domains
+# (backsub-alpha, backsub-alpha-deep) take every open region from the start.
 _GAP_SHARE = 0.6
 
 
@@ -165,27 +167,49 @@ def _within_gap_share(worst: Tensor, attack: Tensor, share: float) -> Tensor:
     return -worst <= share * (attack - worst)
 
 
+def _closed_share(before: Tensor, after: Tensor, attack: Tensor) -> Tensor:
+    """The share ``(after - before) / (U - before)`` of each region's gap to its attack margin ``U``
+    that a pass closed (0 where the gap is empty)."""
+    gap = attack - before
+    return torch.where(gap > 0, (after - before) / gap.clamp(min=torch.finfo(gap.dtype).tiny), torch.zeros_like(gap))
+
+
 def _alpha_margins(mode: str, passes: int = 1, reach_factor: float = 2.0,
                    gap_share: float = float("inf")) -> Callable[..., Tensor]:
     """``backsub-slopes`` on every region, then, on the regions it leaves open in which a quick
     attack finds no counterexample and whose bound is within reach of it (``gap_share``, see
     ``_GAP_SHARE``), the propagation whose intermediate boxes are optimised too (``mode``:
-    ``alpha`` or ``alpha-shared``); the max of the two (both sound) per margin.
+    ``alpha`` or ``alpha-shared``); the max of the two (both sound) per margin.  If that pass
+    closed more than ``gap_share`` of some region's gap, the open unbroken regions the share
+    skipped get the same pass (one more propagation).
 
     ``passes > 1``: the regions still open after a pass are propagated again, every intermediate
     tightening continuing from where the previous pass's stopped (``Graph.resume``), so that each
     pass adds ``intermediate_steps`` steps per box (and a fresh margin optimisation).  From the
     third pass on, a region goes on only if its last pass's gain in worst margin, ``reach_factor``
     times over, for each pass left, would close it (the passes' out-of-reach stop)."""
+    if passes > 1 and gap_share != float("inf"):
+        raise ValueError("continued passes take every open region (gap_share must be inf)")
+
     def margins_fn(program, regions: Regions, weight: Tensor, bias: Tensor) -> Tensor:
         attack = _attacked(program, regions, weight, bias)
         broken = attack < 0
         margins = _margins_of(program, DOMAINS["backsub-slopes"].start, regions, weight, bias, skip=broken)
+
+        def propagate(rows: Tensor, record: dict | None = None, resume: tuple[dict, Tensor] | None = None) -> Tensor:
+            """One pass on ``rows``, kept where it is higher; returns the rows' gains in worst margin."""
+            tight = _margins_of(program, _backsub_start("deepcert", mode), regions.select(rows), weight[rows], bias[rows],
+                                record=record, resume=resume)
+            before = margins[rows].amin(dim=1)
+            margins[rows] = torch.maximum(margins[rows], tight)
+            return margins[rows].amin(dim=1) - before
+
         previous: tuple[dict, Tensor] | None = None  # the last pass's tightenings and its regions
         gain = torch.zeros_like(margins[:, 0])  # each region's gain in worst margin in the last pass
         for p in range(passes):
             worst = margins.amin(dim=1)
-            todo = (worst <= 0) & ~broken & _within_gap_share(worst, attack, gap_share)
+            candidates = (worst <= 0) & ~broken
+            todo = candidates & _within_gap_share(worst, attack, gap_share)
             if p >= 2:
                 todo &= worst + reach_factor * gain * (passes - p) > 0
             rows = todo.nonzero(as_tuple=True)[0]
@@ -193,13 +217,13 @@ def _alpha_margins(mode: str, passes: int = 1, reach_factor: float = 2.0,
                 break
             record: dict | None = {} if p < passes - 1 else None  # only a pass that may follow needs it
             resume = None if previous is None else (previous[0], torch.searchsorted(previous[1], rows))
-            tight = _margins_of(program, _backsub_start("deepcert", mode), regions.select(rows), weight[rows], bias[rows],
-                                record=record, resume=resume)
-            before = margins[rows].amin(dim=1)
-            margins[rows] = torch.maximum(margins[rows], tight)
             gain.zero_()
-            gain[rows] = margins[rows].amin(dim=1) - before
+            gain[rows] = propagate(rows, record, resume)
             previous = (record, rows)
+            skipped = (candidates & ~todo).nonzero(as_tuple=True)[0]
+            if skipped.numel() and bool((_closed_share(worst[rows], worst[rows] + gain[rows], attack[rows])
+                                         > gap_share).any()):
+                propagate(skipped)
         return margins
 
     return margins_fn

@@ -147,12 +147,17 @@ def _unary_offsets(
 def _extrema(g: Tensor, scale: Tensor, dtype: torch.dtype, coords: list[Tensor] | None = None) -> tuple[Tensor, ...]:
     """Min and max of ``g`` over its candidates (last dimension), rounded outward to ``dtype``
     (:func:`_outward`); with ``coords``, also the candidate coordinates where each is attained
-    (for :class:`_DanskinOffsets`)."""
+    (for :class:`_DanskinOffsets`): the mean over tied candidates, as autograd's ``amin`` /
+    ``amax`` spread the gradient.  Ties are common (a chord's two endpoints), and the mean, the
+    centre of the subdifferential there, steers the slope optimisers better than one endpoint."""
+    low, high = g.amin(-1), g.amax(-1)
     if coords is None:
-        return _outward(g.amin(-1), g.amax(-1), scale, dtype)
-    (low, at_low), (high, at_high) = g.min(-1, keepdim=True), g.max(-1, keepdim=True)
-    points = [tuple(c.gather(-1, at).squeeze(-1) for c in coords) for at in (at_low, at_high)]
-    return (*_outward(low.squeeze(-1), high.squeeze(-1), scale, dtype), *points)
+        return _outward(low, high, scale, dtype)
+    points = []
+    for at in (g == low[..., None], g == high[..., None]):
+        weight = at.to(g.dtype) / at.sum(-1, keepdim=True)
+        points.append(tuple(torch.linalg.vecdot(c.expand_as(g), weight) for c in coords))
+    return (*_outward(low, high, scale, dtype), *points)
 
 
 def _unary_planes(
