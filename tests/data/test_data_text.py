@@ -231,3 +231,21 @@ def test_empty_examples_dropped_and_counted(tmp_path: Path, tiny_glove: GloVe, c
     assert sum(data.counts.values()) == 6 and data.counts["val"] == 0
     assert data["val"].x.shape == (0, 0, 3)
     assert all(int(s.lengths.min()) > 0 for s in data.values() if len(s))
+
+
+@pytest.mark.shared_data
+def test_committed_rt_checkpoint(shared_root: Path) -> None:
+    """models/rt/lstm32-regular.pt (the verifier comparison's text model): an LSTM-32 whose test
+    accuracy on the seeded RT split is the 70.9% its README and metadata record."""
+    from rnnguard.checkpoints import load_checkpoint
+
+    path = Path(__file__).resolve().parents[2] / "models" / "rt" / "lstm32-regular.pt"
+    assert path.stat().st_size < 200_000
+    model, extra = load_checkpoint(path)
+    cfg, info = model.config(), extra["data"]
+    assert (cfg["kind"], cfg["hidden_size"], cfg["num_layers"], info["dataset"], info["max_len"]) == ("lstm", 32, 1, "rt", 20)
+    assert "70.9% test accuracy" in (path.parent / "README.md").read_text(encoding="utf-8")
+    test = load_text_splits("rt", root=shared_root, max_len=info["max_len"], seed=info["seed"])["test"]
+    with torch.no_grad():
+        acc = float((model(test.x, test.lengths).argmax(1) == test.y).float().mean())
+    assert abs(acc - extra["test_accuracy"]) < 1e-6 and round(100 * acc, 1) == 70.9  # 1 text = 9e-4
