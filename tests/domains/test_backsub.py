@@ -149,17 +149,20 @@ def test_optimised_intermediate_boxes_are_sound_and_tighter(shared):
     assert float(tight.sum()) < float(widths.sum()) and bool((tight < widths - 1e-6).any())
 
 
+class _Rows:
+    """Stands in for Regions in the passes' bookkeeping tests: which original rows a selection holds."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def select(self, rows):
+        return _Rows(self.rows[rows])
+
+
 def test_deep_passes_resume_and_stop_out_of_reach_regions(monkeypatch):
     """backsub-alpha-deep's passes: each goes to the regions still open (and unbroken), resumes the
     previous pass's tightenings at those regions' positions in it, keeps the max margins, and from
     the third pass on drops a region whose last gain, twice over, cannot close its margin."""
-    class Rows:
-        def __init__(self, rows):
-            self.rows = rows
-
-        def select(self, rows):
-            return Rows(self.rows[rows])
-
     results = iter([torch.tensor(v, dtype=torch.float64) for v in (
         [[1.0], [-1.0], [-1.0], [-1.0], [-1.0]],  # backsub-slopes, all regions
         [[-0.5], [-0.9], [-0.2], [-3.0]],  # pass 1 on regions 1-4 (4 keeps -1)
@@ -173,7 +176,7 @@ def test_deep_passes_resume_and_stop_out_of_reach_regions(monkeypatch):
 
     monkeypatch.setattr(domains_module, "_margins_of", fake_margins)
     monkeypatch.setattr(domains_module, "_attacked", lambda *a: torch.full((5,), 100.0, dtype=torch.float64))
-    margins = domains_module.DOMAINS["backsub-alpha-deep"].margins(None, Rows(torch.arange(5)), torch.zeros(5, 1, 2),
+    margins = domains_module.DOMAINS["backsub-alpha-deep"].margins(None, _Rows(torch.arange(5)), torch.zeros(5, 1, 2),
                                                                    torch.zeros(5, 1))
     assert [c[0] for c in calls] == [[0, 1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4], [1, 3]]
     assert calls[1][1]["resume"] is None and calls[1][1]["record"] is not None
@@ -186,13 +189,6 @@ def test_deep_passes_resume_and_stop_out_of_reach_regions(monkeypatch):
 def _fake_alpha_run(monkeypatch, name, lower, attack, passed):
     """Run ``name``'s margins on fake bounds: ``lower`` from backsub-slopes, ``attack`` from the quick
     attack, ``passed(rows)`` from each optimised pass; returns the margins and the passes' rows."""
-    class Rows:
-        def __init__(self, rows):
-            self.rows = rows
-
-        def select(self, rows):
-            return Rows(self.rows[rows])
-
     calls = []
 
     def fake_margins(program, start, regions, weight, bias, **kwargs):
@@ -202,7 +198,7 @@ def _fake_alpha_run(monkeypatch, name, lower, attack, passed):
     monkeypatch.setattr(domains_module, "_margins_of", fake_margins)
     monkeypatch.setattr(domains_module, "_attacked", lambda *a: attack)
     n = len(lower)
-    margins = domains_module.DOMAINS[name].margins(None, Rows(torch.arange(n)), torch.zeros(n, 1, 2), torch.zeros(n, 1))
+    margins = domains_module.DOMAINS[name].margins(None, _Rows(torch.arange(n)), torch.zeros(n, 1, 2), torch.zeros(n, 1))
     return margins, calls
 
 

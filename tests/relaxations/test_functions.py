@@ -243,8 +243,8 @@ def test_danskin_gradient_equals_autograd_through_the_candidates() -> None:
 @pytest.mark.parametrize("op", ["tanh", "sigmoid", "mul"])
 def test_danskin_gradient_spreads_over_tied_extreme_points(op: str) -> None:
     """Where several candidates attain the extremum (a chord's two endpoints; a product's corners
-    with a zero slope pair on a symmetric box), the gradient is minus the MEAN of their coordinates,
-    as autograd's amin / amax spread it; one arbitrary endpoint steered the slope optimisers worse
+    with a zero slope pair on a symmetric box), the gradient is minus the MEAN of their coordinates
+    (a point listed twice counts twice), as autograd's amin / amax spread it; one arbitrary endpoint steered the slope optimisers worse
     (backsub-slopes lost a text of the RT LSTM)."""
     gen = torch.Generator().manual_seed(13)
     n = 64
@@ -264,5 +264,11 @@ def test_danskin_gradient_spreads_over_tied_extreme_points(op: str) -> None:
         grads.append([torch.autograd.grad(v.sum(), [s], retain_graph=True)[0] for v in (low, high)])
     for danskin, autograd in zip(*grads):
         torch.testing.assert_close(danskin, autograd, rtol=1e-12, atol=1e-12)
+    if op != "mul":  # on a concave piece (lo > 0) the chord's minimum is at the endpoints only, and
+        # where they tie exactly the gradient is a mix of -lo and -hi, strictly between them
+        lo, hi = bounds
+        concave, g = lo > 0, grads[0][0][0]
+        assert bool(((g >= -hi) & (g <= -lo))[concave].all())
+        assert bool(((g > -hi) & (g < -lo))[concave].any())
     if op == "mul":  # the tied corners (-r, r) and (r, -r), and (-r, -r) and (r, r): mean 0
         assert bool((grads[0][0] == 0).all() and (grads[0][1] == 0).all())

@@ -147,9 +147,9 @@ def _unary_offsets(
 def _extrema(g: Tensor, scale: Tensor, dtype: torch.dtype, coords: list[Tensor] | None = None) -> tuple[Tensor, ...]:
     """Min and max of ``g`` over its candidates (last dimension), rounded outward to ``dtype``
     (:func:`_outward`); with ``coords``, also the candidate coordinates where each is attained
-    (for :class:`_DanskinOffsets`): the mean over tied candidates, as autograd's ``amin`` /
-    ``amax`` spread the gradient.  Ties are common (a chord's two endpoints), and the mean, the
-    centre of the subdifferential there, steers the slope optimisers better than one endpoint."""
+    (for :class:`_DanskinOffsets`): the mean over tied candidates (a point listed twice counts
+    twice), as autograd's ``amin`` / ``amax`` spread the gradient.  Ties are common (a chord's two
+    endpoints), and a mix of the tied points steers the slope optimisers better than one of them."""
     low, high = g.amin(-1), g.amax(-1)
     if coords is None:
         return _outward(low, high, scale, dtype)
