@@ -234,18 +234,19 @@ def test_empty_examples_dropped_and_counted(tmp_path: Path, tiny_glove: GloVe, c
 
 
 @pytest.mark.shared_data
-def test_committed_rt_checkpoint(shared_root: Path) -> None:
-    """models/rt/lstm32-regular.pt (the verifier comparison's text model): an LSTM-32 whose test
-    accuracy on the seeded RT split is the 70.9% its README and metadata record."""
+@pytest.mark.parametrize("name,kind,accuracy", [("lstm32-regular", "lstm", 70.9), ("gru32-regular", "gru", 71.0)])
+def test_committed_rt_checkpoint(shared_root: Path, name: str, kind: str, accuracy: float) -> None:
+    """models/rt/*.pt (the verifier comparison's text models): 32-unit models whose test accuracy
+    on the seeded RT split is the one their README and metadata record."""
     from rnnguard.checkpoints import load_checkpoint
 
-    path = Path(__file__).resolve().parents[2] / "models" / "rt" / "lstm32-regular.pt"
+    path = Path(__file__).resolve().parents[2] / "models" / "rt" / f"{name}.pt"
     assert path.stat().st_size < 200_000
     model, extra = load_checkpoint(path)
     cfg, info = model.config(), extra["data"]
-    assert (cfg["kind"], cfg["hidden_size"], cfg["num_layers"], info["dataset"], info["max_len"]) == ("lstm", 32, 1, "rt", 20)
-    assert "70.9% test accuracy" in (path.parent / "README.md").read_text(encoding="utf-8")
+    assert (cfg["kind"], cfg["hidden_size"], cfg["num_layers"], info["dataset"], info["max_len"]) == (kind, 32, 1, "rt", 20)
+    assert f"{accuracy}% test accuracy" in (path.parent / "README.md").read_text(encoding="utf-8")
     test = load_text_splits("rt", root=shared_root, max_len=info["max_len"], seed=info["seed"])["test"]
     with torch.no_grad():
         acc = float((model(test.x, test.lengths).argmax(1) == test.y).float().mean())
-    assert abs(acc - extra["test_accuracy"]) < 1e-6 and round(100 * acc, 1) == 70.9  # 1 text = 9e-4
+    assert abs(acc - extra["test_accuracy"]) < 1e-6 and round(100 * acc, 1) == accuracy  # 1 text = 9e-4
