@@ -36,7 +36,7 @@ Clamps = dict[tuple[int, int], tuple[Tensor, Tensor]]
 class BranchOptions:
     """Branch-and-bound settings: relaxation method and the leaf budget per region."""
 
-    method: str = "deepcert"
+    method: str = "anchored"
     max_leaves: int = 16
 
 

@@ -88,7 +88,7 @@ def _view(name: str, method: str, side: str) -> OpRelaxation:
 
 def _methods(name: str) -> list[str]:
     binary = name in BINARY
-    return ["deepcert", "candidates"] + (["candidates-closed"] if binary else []) + (
+    return ["deepcert", "anchored", "candidates"] + (["candidates-closed"] if binary else []) + (
         ["lp"] if name in ("sigmoid_tanh", "mul_sigmoid") else [])
 
 
@@ -291,3 +291,37 @@ def test_rejects_bad_arguments() -> None:
         L.linear_bounds("sin", x, x)
     with pytest.raises(ValueError):
         L.candidate_bounds("mul", x, x)
+
+
+@pytest.mark.parametrize("name", ["sigmoid_tanh", "mul_sigmoid"])
+def test_anchored_gate_planes_are_the_mccormick_pair_at_the_gates_lower_end(name: str) -> None:
+    """``anchored``: both planes put the gate's smallest value on the other factor (CROWN's composed
+    McCormick planes); the offsets are the exact ones of those slopes."""
+    g = torch.Generator().manual_seed(7)
+    c = 3 * (2 * torch.rand(2, 300, generator=g, dtype=torch.float64) - 1)
+    w = 0.05 + 2 * torch.rand(2, 300, generator=g, dtype=torch.float64)
+    lx, ux, ly, uy = c[0] - w[0], c[0] + w[0], c[1] - w[1], c[1] + w[1]
+    lb = L.linear_bounds(name, lx, ux, ly, uy, method="anchored")
+    s, t = torch.sigmoid, torch.tanh
+    if name == "sigmoid_tanh":  # sigma(x) tanh(y): gate x
+        kp, kq = (s(ux) - s(lx)) / (ux - lx), (t(uy) - t(ly)) / (uy - ly)
+        lower, upper = (t(ly) * kp, s(lx) * kq), (t(uy) * kp, s(lx) * kq)
+    else:  # x sigma(y): gate y
+        kp = (s(uy) - s(ly)) / (uy - ly)
+        lower, upper = (s(ly), lx * kp), (s(ly), ux * kp)
+    for got, want in zip(lb.lower_slopes + lb.upper_slopes, lower + upper):
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-15)
+    lo, _ = exact_offsets(name, lb.lower_slopes, lx, ux, ly, uy)
+    _, hi = exact_offsets(name, lb.upper_slopes, lx, ux, ly, uy)
+    assert torch.equal(lb.lower_offset, lo) and torch.equal(lb.upper_offset, hi)
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "relu", "mul"])
+def test_anchored_is_deepcert_off_the_gate_products(name: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    c, w = torch.randn(2, 50, generator=g, dtype=torch.float64), 0.1 + torch.rand(2, 50, generator=g, dtype=torch.float64)
+    bounds = (c[0] - w[0], c[0] + w[0]) + ((c[1] - w[1], c[1] + w[1]) if name == "mul" else ())
+    a, d = L.linear_bounds(name, *bounds, method="anchored"), L.linear_bounds(name, *bounds, method="deepcert")
+    for x, y in zip(a.lower_slopes + a.upper_slopes + (a.lower_offset, a.upper_offset),
+                    d.lower_slopes + d.upper_slopes + (d.lower_offset, d.upper_offset)):
+        assert torch.equal(x, y)

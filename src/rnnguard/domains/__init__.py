@@ -198,7 +198,7 @@ def _alpha_margins(mode: str, passes: int = 1, reach_factor: float = 2.0,
 
         def propagate(rows: Tensor, record: dict | None = None, resume: tuple[dict, Tensor] | None = None) -> Tensor:
             """One pass on ``rows``, kept where it is higher; returns the rows' gains in worst margin."""
-            tight = _margins_of(program, _backsub_start("deepcert", mode), regions.select(rows), weight[rows], bias[rows],
+            tight = _margins_of(program, _backsub_start("anchored", mode), regions.select(rows), weight[rows], bias[rows],
                                 record=record, resume=resume)
             before = margins[rows].amin(dim=1)
             margins[rows] = torch.maximum(margins[rows], tight)
@@ -241,17 +241,17 @@ DOMAINS: dict[str, Domain] = {
     "box": Domain("box", _start_box, "interval bound propagation"),
     "zonotope": Domain("zonotope", _start_zonotope, "Cert-RNN zonotopes with parallel-plane transformers"),
     "interzono": Domain("interzono", _start_interzono, "RNN-Guard InterZono: main zonotope ∩ support box-zonotope"),
-    "backsub": Domain("backsub", _backsub_start("deepcert", False),
+    "backsub": Domain("backsub", _backsub_start("anchored", False),
                       "back-substitution with DeepCert lines (tanh, sigmoid) and corner-fit planes (products)"),
     "backsub-parallel": Domain("backsub-parallel", _backsub_start("parallel", False),
                                "back-substitution with Cert-RNN's parallel planes"),
     "backsub-lp": Domain("backsub-lp", _backsub_start("lp", False), "back-substitution with R2's LP planes"),
-    "backsub-opt": Domain("backsub-opt", _backsub_start("deepcert", True),
+    "backsub-opt": Domain("backsub-opt", _backsub_start("anchored", True),
                           "back-substitution with optimised convex combinations of closed-form candidate planes",
-                          margins=_attack_first(_backsub_start("deepcert", True))),
-    "backsub-slopes": Domain("backsub-slopes", _backsub_start("deepcert", "slopes"),
+                          margins=_attack_first(_backsub_start("anchored", True))),
+    "backsub-slopes": Domain("backsub-slopes", _backsub_start("anchored", "slopes"),
                              "back-substitution with optimised free plane slopes, offsets exact on each box",
-                             margins=_attack_first(_backsub_start("deepcert", "slopes"))),
+                             margins=_attack_first(_backsub_start("anchored", "slopes"))),
     "r2-opt": Domain("r2-opt", _backsub_start("lp", True, lp_candidates=True),
                      "R2-OPT: LP planes, optimised convex combinations of LP-fitted candidates (slow)",
                      margins=_attack_first(_backsub_start("lp", True, lp_candidates=True))),

@@ -112,7 +112,7 @@ class OpNode:
 class Graph:
     """The nodes of one propagation and the relaxation settings."""
 
-    method: str = "deepcert"
+    method: str = "anchored"
     optimise: OptimiseOptions | None = None
     nodes: list = field(default_factory=list)
     lp_candidates: bool = False  # optimised mode: R2's LP-fitted candidates (slow) or closed-form ones
