@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -14,11 +13,8 @@ RECORDS = ROOT / "docs" / "results"
 
 
 @pytest.fixture(scope="module")
-def collect():
-    spec = importlib.util.spec_from_file_location("collect_tables", ROOT / "experiments" / "collect_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def collect(load_script):
+    return load_script("experiments/collect_tables.py")
 
 
 def test_every_table_cell_comes_from_a_committed_record(collect, tmp_path):

@@ -5,23 +5,15 @@ unrolling of every cell kind and the margin specification)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from rnnguard import SequenceClassifier
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("compare_auto_lirpa", ROOT / "benchmarks" / "compare_auto_lirpa.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("benchmarks/compare_auto_lirpa.py")
 
 
 @pytest.mark.parametrize("kind", ["rnn", "rnn_relu", "lstm", "gru"])

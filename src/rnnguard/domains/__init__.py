@@ -242,7 +242,7 @@ DOMAINS: dict[str, Domain] = {
     "zonotope": Domain("zonotope", _start_zonotope, "Cert-RNN zonotopes with parallel-plane transformers"),
     "interzono": Domain("interzono", _start_interzono, "RNN-Guard InterZono: main zonotope ∩ support box-zonotope"),
     "backsub": Domain("backsub", _backsub_start("anchored", False),
-                      "back-substitution with DeepCert lines (tanh, sigmoid) and corner-fit planes (products)"),
+                      "back-substitution with DeepCert lines (tanh, sigmoid) and gate-anchored planes (gate products)"),
     "backsub-parallel": Domain("backsub-parallel", _backsub_start("parallel", False),
                                "back-substitution with Cert-RNN's parallel planes"),
     "backsub-lp": Domain("backsub-lp", _backsub_start("lp", False), "back-substitution with R2's LP planes"),
