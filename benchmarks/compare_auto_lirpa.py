@@ -243,6 +243,8 @@ def main() -> None:
                 record["rows"] = list(rows.values())
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(record, indent=1))
+                if violations and tool == "rnnguard":  # auto_LiRPA's are reported in its rows, ours stop the run
+                    raise SystemExit(f"SOUNDNESS VIOLATION: {violations} certified inputs broken by PGD ({method})")
 
 
 if __name__ == "__main__":

@@ -1,29 +1,10 @@
-"""Fixtures for the data-layer tests: the shared data folder and one GloVe load per session."""
+"""Fixtures for the data-layer tests: one GloVe load per session (``shared_root``: tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-
-def _shared_data_dir() -> Path:
-    env = os.environ.get("RNNGUARD_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-
-
-SHARED_DATA = _shared_data_dir()
-
-
-@pytest.fixture(scope="session")
-def shared_root() -> Path:
-    """The real data folder; tests that use it are skipped when it is absent."""
-    if not (SHARED_DATA / "rt-polarity").is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA.resolve()
 
 
 @pytest.fixture(scope="session")

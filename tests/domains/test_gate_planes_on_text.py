@@ -6,10 +6,8 @@ the back-substitution default since 2026-12-05) is tighter than both (docs/resul
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
 import torch
 
 from rnnguard import LpBall, Perturbation
@@ -20,7 +18,6 @@ from rnnguard.domains import _backsub_start
 from rnnguard.models import lower
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("RNNGUARD_DATA") or ROOT / ".." / "shared" / "data")
 
 
 def _last_hidden_width(method: str, program, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -32,11 +29,10 @@ def _last_hidden_width(method: str, program, x: torch.Tensor, eps: float) -> tor
     return (hi - lo).mean()
 
 
-@pytest.mark.skipif(not (DATA / "rt-polarity").is_dir(), reason=f"shared data not found at {DATA}")
-def test_anchored_gate_planes_tighter_than_smallest_volume_over_twenty_steps() -> None:
+def test_anchored_gate_planes_tighter_than_smallest_volume_over_twenty_steps(shared_root: Path) -> None:
     model, extra = load_checkpoint(ROOT / "models" / "rt" / "lstm32-regular.pt")
     info = extra["data"]
-    test = load_text_splits("rt", root=DATA, max_len=info["max_len"], seed=info["seed"])["test"]
+    test = load_text_splits("rt", root=shared_root, max_len=info["max_len"], seed=info["seed"])["test"]
     x = test.x[test.lengths == 20][:4].double()
     program = lower(model.double())
     anchored = _last_hidden_width("anchored", program, x, 0.01)
