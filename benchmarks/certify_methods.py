@@ -12,7 +12,9 @@ soundness: every certified input is attacked and must survive (violations must b
     python benchmarks/certify_methods.py --checkpoint runs/repro/lstm32-rnnguard/model.pt --dataset rt --eps 0.01
 
 Results are printed as a markdown table and written to ``benchmarks/results/certify_methods.json``
-(``--out``), merged by (checkpoint, eps, domain, image order, n) so that partial runs accumulate.
+(``--out``), merged by (checkpoint, eps, domain, image order, n) so that partial runs accumulate;
+each row records its date, thread count and ``--note``.  ``benchmarks/standings.py`` turns the
+file into a model x domain table.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def main() -> None:
                          "1000) instead of numpy's default_rng(--seed) permutation")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "certify_methods.json"))
+    ap.add_argument("--note", default="", help="stored with every row (what changed, machine load)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     paths = [Path(p) for p in args.checkpoint] if args.checkpoint else \
@@ -103,7 +106,10 @@ def main() -> None:
                        "dataset": args.dataset, "eps": eps, "domain": domain, "n": len(idx),
                        "order": "r2" if args.r2_order else f"seed {args.seed}",
                        "certified_pct": 100 * result.certified_fraction, "seconds_per_input": seconds / len(idx),
-                       "pgd_robust_pct": 100 * float(robust.float().mean()), "violations": violations}
+                       "pgd_robust_pct": 100 * float(robust.float().mean()), "violations": violations,
+                       "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads()}
+                if args.note:
+                    row["note"] = args.note
                 rows[(row["checkpoint"], eps, domain, row["order"], row["n"])] = row
                 print(f"| {label} | {eps:g} | {domain} | {row['certified_pct']:.1f} | {row['seconds_per_input']:.4f} "
                       f"| {row['pgd_robust_pct']:.1f} | {violations} |", flush=True)

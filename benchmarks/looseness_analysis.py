@@ -33,7 +33,7 @@ from certify_methods import _inputs  # noqa: E402
 
 from rnnguard import LpBall, Perturbation  # noqa: E402
 from rnnguard.branching import BranchOptions, _bound_leaves, branch_and_bound_margins  # noqa: E402
-from rnnguard.certify import margin_specification, propagate_margins  # noqa: E402
+from rnnguard.certify import margin_specification  # noqa: E402
 from rnnguard.data import correctly_classified_subset  # noqa: E402
 from rnnguard.domains.backsub import InputNode, OpNode  # noqa: E402
 from rnnguard.models import lower  # noqa: E402
@@ -104,7 +104,8 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.01)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--leaves", default="4,16,64")
+    ap.add_argument("--leaves", default="4,16,64", help="leaf budgets for backsub-bab ('' for none)")
+    ap.add_argument("--method", default=BranchOptions().method, help="linear relaxation method (rnnguard.relaxations.linear)")
     ap.add_argument("--oracle-steps", type=int, default=40, help="0: skip the diagnostic oracle bound")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "looseness.json"))
@@ -120,14 +121,14 @@ def main() -> None:
     weight, bias = margin_specification(program, ys)
     n = xs.shape[0]
     row: dict = {"checkpoint": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
-                 "eps": args.eps, "n": n}
+                 "eps": args.eps, "n": n, "method": args.method, "date": time.strftime("%Y-%m-%d")}
     with torch.no_grad():
         t = time.perf_counter()
-        plain = propagate_margins(program, regions, ys, "backsub")
+        plain, _, _, _ = _bound_leaves(program, regions, weight, bias, {}, args.method)
         row["backsub"] = {"certified": int((plain > 0).all(1).sum()), "seconds_per_input": (time.perf_counter() - t) / n}
-        for leaves in (int(v) for v in args.leaves.split(",")):
+        for leaves in (int(v) for v in args.leaves.split(",") if v):
             t = time.perf_counter()
-            m = branch_and_bound_margins(program, regions, weight, bias, BranchOptions(max_leaves=leaves))
+            m = branch_and_bound_margins(program, regions, weight, bias, BranchOptions(max_leaves=leaves, method=args.method))
             row[f"backsub-bab-{leaves}"] = {"certified": int((m > 0).all(1).sum()),
                                             "seconds_per_input": (time.perf_counter() - t) / n}
             assert (m >= plain - 1e-9).all()
@@ -148,16 +149,19 @@ def _oracle(args, program, regions, weight, bias, plain, open_rows, row: dict) -
     """Re-bound the open inputs with PGD-found operand ranges as intermediate boxes (diagnostic only)."""
     with torch.no_grad():
         sub = regions.select(open_rows)
-        _, graph, _, _ = _bound_leaves(program, sub, weight[open_rows], bias[open_rows], {}, "deepcert")
+        _, graph, _, _ = _bound_leaves(program, sub, weight[open_rows], bias[open_rows], {}, args.method)
     ranges = attacked_operand_ranges(graph, sub.lower, sub.upper, args.oracle_steps, args.seed)
     with torch.no_grad():
-        oracle, _, _, _ = _bound_leaves(program, sub, weight[open_rows], bias[open_rows], ranges, "deepcert")
+        oracle, _, _, _ = _bound_leaves(program, sub, weight[open_rows], bias[open_rows], ranges, args.method)
     widths = [(float((hi - lo).mean()), float((ranges[(node.id, i)][1] - ranges[(node.id, i)][0]).mean()))
               for node in graph.nodes if isinstance(node, OpNode) for i, (lo, hi) in enumerate(node.operand_bounds)]
     row["oracle_intermediate_boxes_certify"] = int((oracle > 0).all(1).sum())
     row["open_min_margin_backsub"] = [round(float(v), 4) for v in plain[open_rows].min(1).values]
     row["open_min_margin_oracle"] = [round(float(v), 4) for v in oracle.min(1).values]
     row["mean_operand_width_sound_vs_attacked"] = {"first_op": widths[0], "last_op": widths[-1]}
+    # every operand of every operation in graph order (layer by layer, step by step): where the boxes grow
+    ops = [node.op for node in graph.nodes if isinstance(node, OpNode) for _ in node.operand_bounds]
+    row["operand_widths_sound_attacked"] = [[op, round(a, 4), round(b, 4)] for op, (a, b) in zip(ops, widths)]
 
 
 if __name__ == "__main__":

@@ -131,7 +131,9 @@ def certify(
 ) -> CertificationResult:
     """Certify ``model`` on ``x (B, T, d)`` with labels ``y (B,)`` against ``perturbation``.
 
-    ``domain`` is ``"box"``, ``"zonotope"`` or ``"interzono"``.  Computation runs in ``dtype``
+    ``domain`` is any name of :data:`rnnguard.domains.DOMAINS` (README, "Choosing a domain"):
+    ``"interzono"`` (fast, the default), ``"backsub"`` (tighter on long sequences) or one of the
+    optimised back-substitution domains.  Computation runs in ``dtype``
     (float64 by default; float32 is faster but not float-sound) on ``x``'s device.  Regions are
     propagated ``batch_size`` at a time to bound memory.
     """
