@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from rnnguard.domains.base import add_bias, concretization_slack, linear
+from rnnguard.domains.base import add_bias, concretization_slack, linear, matmul_rows
 from rnnguard.relaxations import RELAXATIONS
 from rnnguard.relaxations.linear import LinearBounds, candidate_bounds, linear_bounds
 
@@ -145,8 +145,8 @@ def _rows(c: Coefficient, rows: slice) -> Coefficient:
 
 
 def _matmul(left: Tensor, coef: Coefficient) -> Tensor:
-    """``left (R, k, m) @ coef`` with ``coef (m, n)`` or ``(R, m, n)``."""
-    return left @ coef
+    """``left (R, k, m) @ coef`` with ``coef (m, n)`` or ``(R, m, n)``, row-independent bits."""
+    return matmul_rows(left, coef)
 
 
 def _add_coef(acc: dict[int, Tensor], key: int, value: Tensor) -> None:
@@ -590,7 +590,7 @@ def _summed(direct: Sequence[Tensor], ss: Sequence[Tensor], stacked: Tensor | No
     joint-tightening test checks it)."""
     terms = list(direct)
     if ss:
-        terms.append((torch.cat(list(ss), dim=-1) if len(ss) > 1 else ss[0]) @ stacked)
+        terms.append(matmul_rows(torch.cat(list(ss), dim=-1) if len(ss) > 1 else ss[0], stacked))
     return functools.reduce(torch.add, terms)
 
 
@@ -644,7 +644,7 @@ class _BoxLower(torch.autograd.Function):
         ss, cs = products[0::2], products[1::2]
         grad_ss: Sequence[Tensor | None] = [None] * len(ss)
         if stacked is not None and any(need[ctx.n_direct::2]):  # every s_i's gradient from one product
-            grad_ss = (full @ stacked.transpose(-1, -2)).split([s.shape[-1] for s in ss], dim=-1)
+            grad_ss = matmul_rows(full, stacked.transpose(-1, -2)).split([s.shape[-1] for s in ss], dim=-1)
         for j, (s, c) in enumerate(zip(ss, cs)):
             need_s, need_c = need[ctx.n_direct + 2 * j], need[ctx.n_direct + 2 * j + 1]
             grads.append(grad_ss[j] if need_s else None)

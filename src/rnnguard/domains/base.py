@@ -52,25 +52,39 @@ def apply_sum(terms: Sequence[Term]) -> "AbstractValue":
     return type(terms[0][1][0]).apply_sum(terms)
 
 
-# MKL's dgemm sums in another order below 4 rows (x86, torch 2.13): see :func:`linear`
-_MIN_GEMM_ROWS = 4
+# MKL's dgemm computes the rows of a full block of this many rows in one order whatever the row
+# count, but the rows of a partial block (the remainder) in another: below 4 rows on Intel CPUs,
+# and on AMD EPYC every remainder of a multiple of 4 (x86, torch 2.13); see :func:`linear`
+_ROW_BLOCK = 8
 
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:
     """``x @ weight.T`` over the last dim; ``weight`` is ``(m, n)`` or per-region ``(R, m, n)``.
 
-    ``x`` is ``(R, n)`` or ``(R, G, n)`` (generator blocks).  Fewer than ``_MIN_GEMM_ROWS`` rows
-    are padded with zero rows: BLAS takes another kernel (another summation order) for a
-    product with very few rows, and a region's bounds must not depend on how many other regions
-    share its batch (a region certified alone gets the bits it gets in any batch)."""
+    ``x`` is ``(R, n)`` or ``(R, G, n)`` (generator blocks).  With a shared weight the rows are
+    padded with zero rows to a multiple of ``_ROW_BLOCK``: BLAS sums the rows of a partial row
+    block in another order, and a region's bounds must not depend on how many other regions share
+    its batch (a region certified alone gets the bits it gets in any batch)."""
     if weight.dim() == 2:
-        if x.dim() == 2 and 0 < x.shape[0] < _MIN_GEMM_ROWS:
-            pad = x.new_zeros(_MIN_GEMM_ROWS - x.shape[0], x.shape[1])
-            return (torch.cat([x, pad]) @ weight.T)[: x.shape[0]]
+        rows = x.shape[:-1].numel()
+        short = -rows % _ROW_BLOCK
+        if rows and short:
+            flat = x.reshape(rows, x.shape[-1])
+            out = torch.cat([flat, flat.new_zeros(short, x.shape[-1])]) @ weight.T
+            return out[:rows].reshape(*x.shape[:-1], weight.shape[0])
         return x @ weight.T
     if x.dim() == 2:
         return torch.einsum("rn,rmn->rm", x, weight)
     return torch.einsum("rgn,rmn->rgm", x, weight)
+
+
+def matmul_rows(left: Tensor, right: Tensor) -> Tensor:
+    """``left (..., k, m) @ right``: with a shared ``right (m, n)`` every row of ``left`` gets the
+    same bits whatever else shares the call (:func:`linear`); a batched ``right`` multiplies per
+    batch entry, whose shapes do not depend on the batch size."""
+    if right.dim() == 2:
+        return linear(left, right.mT)
+    return left @ right
 
 
 def add_bias(x: Tensor, bias: Tensor | None) -> Tensor:
