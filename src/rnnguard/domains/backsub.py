@@ -144,11 +144,6 @@ def _rows(c: Coefficient, rows: slice) -> Coefficient:
     return c[..., rows, :]
 
 
-def _matmul(left: Tensor, coef: Coefficient) -> Tensor:
-    """``left (R, k, m) @ coef`` with ``coef (m, n)`` or ``(R, m, n)``, row-independent bits."""
-    return matmul_rows(left, coef)
-
-
 def _add_coef(acc: dict[int, Tensor], key: int, value: Tensor) -> None:
     acc[key] = value if key not in acc else acc[key] + value
 
@@ -513,7 +508,7 @@ def _backsub(graph: Graph, terms: dict[int, Tensor], const: Tensor,
         if isinstance(graph.nodes[key], InputNode):
             factors.setdefault(key, []).append((s, c))
             return
-        value = _matmul(s, c)
+        value = matmul_rows(s, c)  # coef (m, n) or (R, m, n); row-independent bits
         if key not in acc:
             acc[key] = value
             owned.add(key)
