@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("box,zonotope,interzono,backsub,backsub-opt,backsub-slopes,backsub-alpha-shared,backsub-alpha-deep,"
+           "backsub-alpha-cascade,backsub-alpha,"
            "hybrid")
 #: R2's published figures (papers-notes 2.7) by (model name, eps)
 R2_FIGURES: dict[tuple[str, float], str] = {

@@ -442,7 +442,7 @@ def certify_cmd(
     max_len: Annotated[Optional[int], typer.Option("--max-len", min=1, help="Truncate dataset texts to N tokens (default: the checkpoint's training max_len, else none).")] = None,
     norm: Annotated[str, typer.Option("--norm", help="linf or l2 (l2 is over-approximated by its l_inf box).")] = "linf",
     frames: Annotated[str, typer.Option("--frames", help="all, one, or positions like 0,3,-1.")] = "all",
-    domain: Annotated[List[str], typer.Option("--domain", "-d", help="box, zonotope, interzono, backsub, backsub-parallel, backsub-lp, backsub-opt, backsub-slopes, backsub-alpha, backsub-alpha-shared, backsub-alpha-deep, backsub-bab, r2-opt, hybrid, hybrid-opt or all (box, zonotope, interzono); repeat or comma-separate.")] = ["interzono"],  # noqa: B006
+    domain: Annotated[List[str], typer.Option("--domain", "-d", help="box, zonotope, interzono, backsub, backsub-parallel, backsub-lp, backsub-opt, backsub-slopes, backsub-alpha, backsub-alpha-shared, backsub-alpha-deep, backsub-alpha-cascade, backsub-bab, r2-opt, hybrid, hybrid-opt or all (box, zonotope, interzono); repeat or comma-separate.")] = ["interzono"],  # noqa: B006
     clip: Annotated[Optional[str], typer.Option("--clip", help="Clip perturbed inputs to LOW,HIGH (e.g. 0,1; default 0,1 for mnist).")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="float64 (sound) or float32 (faster, not float-sound).")] = "float64",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Regions propagated at a time.")] = 64,
@@ -868,7 +868,7 @@ def evaluate_cmd(
     split: Annotated[str, typer.Option("--split", help="Dataset split: train, val or test.")] = "test",
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate the first N samples only.")] = 200,
     eps: Annotated[List[str], typer.Option("--eps", help="Radii, comma-separated or repeated (e.g. 0,0.01,0.03).")] = ["0.01,0.03"],
-    domain: Annotated[List[str], typer.Option("--domain", help="box, zonotope, interzono, backsub, backsub-parallel, backsub-lp, backsub-opt, backsub-slopes, backsub-alpha, backsub-alpha-shared, backsub-alpha-deep, backsub-bab, r2-opt, hybrid, hybrid-opt or all (box, zonotope, interzono); comma list or repeated.")] = ["box,zonotope,interzono"],
+    domain: Annotated[List[str], typer.Option("--domain", help="box, zonotope, interzono, backsub, backsub-parallel, backsub-lp, backsub-opt, backsub-slopes, backsub-alpha, backsub-alpha-shared, backsub-alpha-deep, backsub-alpha-cascade, backsub-bab, r2-opt, hybrid, hybrid-opt or all (box, zonotope, interzono); comma list or repeated.")] = ["box,zonotope,interzono"],
     attacks: Annotated[str, typer.Option("--attacks", help="Attacks for the empirical robust accuracy: pgd, ensemble (comma list), all or none.")] = "pgd,ensemble",
     frames: Annotated[str, typer.Option("--frames", help="Perturbed frames: all, one (any single frame) or positions like 0,-1.")] = "all",
     norm: Annotated[str, typer.Option("--norm", help="linf or l2 (per frame).")] = "linf",

@@ -119,6 +119,14 @@ def test_deeper_second_pass_sound_and_never_looser(case):
     _check_sound_and_above(case, "all", 0.3, "linf", "backsub-alpha-deep", "backsub-alpha-shared", seeds=(37, 11))
 
 
+@pytest.mark.usefixtures("light_alpha")
+@pytest.mark.parametrize("case", ALPHA_CASES, ids=lambda c: c.id)
+def test_cascade_sound_and_never_looser(case):
+    """backsub-alpha-cascade (backsub-alpha-shared, then per-bound slopes on the open regions within
+    reach) holds for sampled and attacked points and is never below backsub-alpha-shared."""
+    _check_sound_and_above(case, "all", 0.3, "linf", "backsub-alpha-cascade", "backsub-alpha-shared", seeds=(41, 13))
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["per-bound", "shared"])
 def test_optimised_intermediate_boxes_are_sound_and_tighter(shared):
     """The tightened operand boxes of every operation contain every sampled operand value, and
@@ -219,6 +227,19 @@ def test_optimised_passes_skip_regions_far_below_their_attack_margin(monkeypatch
     _, calls = _fake_alpha_run(monkeypatch, "backsub-alpha", lower, attack,
                                lambda rows: torch.full((len(rows), 1), 0.25, dtype=torch.float64))
     assert calls == [[0, 1, 2, 3, 4], [1, 2, 3]]
+
+
+def test_cascade_final_pass_takes_open_regions_within_reach_of_their_gain(monkeypatch):
+    """backsub-alpha-cascade's per-bound pass goes only to regions still open and unbroken whose gain
+    over backsub-slopes, halved, would close them; it keeps the max margins."""
+    lower = torch.tensor([[0.5], [-1.0], [-1.0], [-1.0], [-1.0], [-1.0]], dtype=torch.float64)
+    attack = torch.tensor([3.0, 5.0, 5.0, 5.0, -0.1, 5.0], dtype=torch.float64)  # region 4 broken
+    # shared pass on 1, 2, 3, 5: gains 0.8 (gap 0.2), 0.1, 1.1 (certified), 0.6 (gap 0.4: out of half-gain reach)
+    passes = iter([torch.tensor([[-0.2], [-0.9], [0.1], [-0.4]], dtype=torch.float64),
+                   torch.tensor([[0.2]], dtype=torch.float64)])  # the per-bound pass: region 1 only
+    margins, calls = _fake_alpha_run(monkeypatch, "backsub-alpha-cascade", lower, attack, lambda rows: next(passes))
+    assert calls == [[0, 1, 2, 3, 4, 5], [1, 2, 3, 5], [1]]
+    assert margins[:, 0].tolist() == pytest.approx([0.5, 0.2, -0.9, 0.1, -1.0, -0.4])
 
 
 def test_skipped_regions_get_the_pass_where_it_closes_more_than_the_share(monkeypatch):
